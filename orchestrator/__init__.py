@@ -1,0 +1,1 @@
+"""Terraform deployment orchestrator: sharded, parallel plan and apply across AWS accounts."""
