@@ -1,0 +1,196 @@
+"""Command line: one parser for ``python -m orchestrator`` and for the invoke tasks in tasks.py.
+
+Only this layer turns exceptions into messages and exit codes (see runs.py for the codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import sandbox
+from .credentials import CredentialsError, SandboxUnreachable
+from .errors import ConfigurationError, OrchestratorError, SelectionError, ValidationFailed
+from .runs import (
+    EXIT_CONFIGURATION_ERROR,
+    EXIT_OK,
+    EXIT_SHARD_FAILED,
+    EXIT_VALIDATION_FAILED,
+    RunOptions,
+    execute,
+    load_and_validate,
+    plan_exit_code,
+)
+from .sandbox import SandboxError
+from .selection import SelectionRequest, select_shards
+from .settings import SETTINGS_FILE_NAME, Settings, load_settings
+from .terraform import TerraformError
+
+logger = logging.getLogger("orchestrator")
+
+
+def find_repo_root(start: Path) -> Path:
+    """Walk up from ``start`` to the folder with orchestrator.toml or an Accounts/ folder."""
+    for folder in [start, *start.parents]:
+        if (folder / SETTINGS_FILE_NAME).exists() or (folder / "Accounts").is_dir():
+            return folder
+    return start
+
+
+def _split_values(values: list[str] | None) -> list[str]:
+    """Accept repeated flags, several values after one flag, and comma or space separated values."""
+    result: list[str] = []
+    for value in values or []:
+        result += [part for chunk in value.split(",") for part in chunk.split() if part]
+    return result
+
+
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("selection")
+    group.add_argument("--all", action="store_true", help="every shard of the repository")
+    group.add_argument("--changed-files", nargs="+", action="extend", metavar="PATH_OR_GLOB", help="shards affected by these changed paths (globs allowed, relative to the repo root)")
+    group.add_argument("--since", metavar="GIT_REF", help="shards affected by changes since this git commit, branch or tag")
+    group.add_argument("--deployment", action="append", metavar="ID", help="a deployment (account/name) or shard (account/name/service); repeatable")
+    group.add_argument("--account", action="append", help="only shards of this account (folder name); repeatable")
+    group.add_argument("--service", action="append", help="only shards of this service; repeatable")
+    group.add_argument("--region", action="append", help="only shards in this region; repeatable")
+
+
+def _selection(arguments: argparse.Namespace) -> SelectionRequest:
+    return SelectionRequest(
+        all=arguments.all,
+        changed_files=_split_values(arguments.changed_files),
+        since=arguments.since,
+        deployments=_split_values(arguments.deployment),
+        accounts=_split_values(arguments.account),
+        services=_split_values(arguments.service),
+        regions=_split_values(arguments.region),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Plan and apply Terraform shards across AWS accounts and regions.")
+    parser.add_argument("--repo", type=Path, default=None, help="repository root (default: found from the current folder)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (("plan", "validate, then plan the selected shards in parallel"), ("apply", "apply the selected shards (saved plans when still current)")):
+        command = commands.add_parser(name, help=help_text)
+        _add_selection_flags(command)
+        command.add_argument("--sandbox", action="store_true", help="run against the embedded AWS sandbox (started when not running)")
+        command.add_argument("--workers", type=int, help="shards run at the same time (default: terraform.workers, 5)")
+        command.add_argument("--json", type=Path, dest="json_report", help="also write the JSON report to this file")
+        if name == "plan":
+            command.add_argument("--detailed-exitcode", action="store_true", help="exit with 2 when any shard has changes")
+
+    validate = commands.add_parser("validate", help="check every deployment file without any cloud access")
+    validate.add_argument("--json", type=Path, dest="json_report", help="also write the diagnostics as JSON to this file")
+
+    shards = commands.add_parser("shards", help="list the shards (optionally only the selected ones)")
+    _add_selection_flags(shards)
+    shards.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sandbox_command = commands.add_parser("sandbox", help="the embedded AWS sandbox on 127.0.0.1")
+    sandbox_command.add_argument("action", choices=["up", "down", "status"])
+    sandbox_command.add_argument("--port", type=int, help="port on 127.0.0.1 (default: sandbox.port, 5480)")
+    sandbox_command.add_argument("--latency-ms", type=int, help="delay added to every request, in milliseconds")
+    return parser
+
+
+def _settings(arguments: argparse.Namespace) -> Settings:
+    overrides: dict = {}
+    if getattr(arguments, "workers", None):
+        overrides.setdefault("terraform", {})["workers"] = arguments.workers
+    if getattr(arguments, "port", None):
+        overrides.setdefault("sandbox", {})["port"] = arguments.port
+    if getattr(arguments, "latency_ms", None) is not None:
+        overrides.setdefault("sandbox", {})["latency_ms"] = arguments.latency_ms
+    repo_root = arguments.repo or find_repo_root(Path.cwd())
+    return load_settings(repo_root, overrides)
+
+
+def _print_diagnostics(error: ValidationFailed, json_path: Path | None) -> None:
+    for diagnostic in error.diagnostics:
+        print(str(diagnostic), file=sys.stderr)
+    files = len({d.path for d in error.diagnostics})
+    print(f"validation failed: {len(error.diagnostics)} error(s) in {files} file(s); nothing was planned or applied", file=sys.stderr)
+    if json_path:
+        json_path.write_text(json.dumps({"valid": False, "diagnostics": [d.__dict__ for d in error.diagnostics]}, indent=2), encoding="utf-8")
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from .summary import render_summary
+
+    settings = _settings(arguments)
+    options = RunOptions(action=arguments.command, sandbox=arguments.sandbox, workers=arguments.workers, detailed_exitcode=getattr(arguments, "detailed_exitcode", False), json_report=arguments.json_report)
+    report = execute(settings, _selection(arguments), options)
+    if report.results:
+        print(render_summary(report))
+    if report.sandbox_endpoint:
+        print(f"The sandbox keeps running at {report.sandbox_endpoint}; stop it with: invoke sandbox.down", file=sys.stderr)
+    if arguments.command == "plan":
+        return plan_exit_code(report, options.detailed_exitcode)
+    return report.exit_code
+
+
+def _validate(arguments: argparse.Namespace) -> int:
+    settings = _settings(arguments)
+    inventory = load_and_validate(settings)
+    print(f"valid: {len(inventory.deployments)} deployment file(s), {len(inventory.shards)} shard(s), {len(inventory.accounts)} account(s)")
+    if arguments.json_report:
+        arguments.json_report.write_text(json.dumps({"valid": True, "diagnostics": []}, indent=2), encoding="utf-8")
+    return EXIT_OK
+
+
+def _shards(arguments: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    settings = _settings(arguments)
+    inventory = load_and_validate(settings)
+    request = _selection(arguments)
+    if not (request.all or request.by_change or request.deployments or request.accounts or request.services or request.regions):
+        request.all = True
+    shards = select_shards(inventory, settings, request)
+    rows = [{"shard": s.id, "account": s.account.name, "account_id": s.account_id, "region": s.region, "service": s.service.name, "project": s.project, "state_key": s.state_key} for s in shards]
+    if arguments.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(tabulate(rows, headers="keys"))
+    return EXIT_OK
+
+
+def _sandbox(arguments: argparse.Namespace) -> int:
+    settings = _settings(arguments)
+    if arguments.action == "up":
+        status = sandbox.up(settings)
+        print(f"sandbox running at {status.endpoint} (pid {status.pid or 'unknown'}, latency {settings.sandbox.latency_ms} ms); state and audit buckets are ready")
+    elif arguments.action == "down":
+        stopped = sandbox.down(settings)
+        print("sandbox stopped; everything in it is gone" if stopped else "no sandbox of this checkout was running")
+    else:
+        status = sandbox.status(settings)
+        print(f"{status.endpoint} {status.detail}" + (f" (pid {status.pid})" if status.pid else ""))
+        return EXIT_OK if status.running else EXIT_SHARD_FAILED
+    return EXIT_OK
+
+
+HANDLERS = {"plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return HANDLERS[arguments.command](arguments)
+    except ValidationFailed as error:
+        _print_diagnostics(error, getattr(arguments, "json_report", None))
+        return EXIT_VALIDATION_FAILED
+    except (ConfigurationError, SelectionError, SandboxError, SandboxUnreachable, CredentialsError, TerraformError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIGURATION_ERROR
+    except OrchestratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIGURATION_ERROR

@@ -1,0 +1,125 @@
+"""Invoke tasks: thin wrappers that turn flags into the orchestrator's own command line.
+
+Every task calls ``orchestrator.cli.main`` so that ``invoke plan …`` and
+``python -m orchestrator plan …`` parse flags the same way and return the same exit codes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from invoke import Collection, Exit, task
+
+SELECTION_HELP = {
+    "all": "every shard of the repository",
+    "changed_files": "changed paths or globs (repeat the flag, or separate with commas or spaces)",
+    "since": "shards affected by changes since this git ref",
+    "deployment": "deployment (account/name) or shard (account/name/service); repeatable",
+    "account": "only this account; repeatable",
+    "service": "only this service; repeatable",
+    "region": "only this region; repeatable",
+}
+SELECTION_LISTS = ["changed_files", "deployment", "account", "service", "region"]
+
+
+def _selection_argv(all=False, changed_files=(), since=None, deployment=(), account=(), service=(), region=()) -> list[str]:
+    argv: list[str] = []
+    if all:
+        argv.append("--all")
+    for flag, values in (("--changed-files", changed_files), ("--deployment", deployment), ("--account", account), ("--service", service), ("--region", region)):
+        for value in values:
+            argv += [flag, value]
+    if since:
+        argv += ["--since", since]
+    return argv
+
+
+def _call(argv: list[str]) -> None:
+    from orchestrator.cli import main
+
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "detailed_exitcode": "exit 2 when there are changes"})
+def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", detailed_exitcode=False):
+    """Validate, then plan the selected shards in parallel."""
+    argv = ["plan", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
+    argv += ["--sandbox"] if sandbox else []
+    argv += ["--workers", str(workers)] if workers else []
+    argv += ["--json", json] if json else []
+    argv += ["--detailed-exitcode"] if detailed_exitcode else []
+    _call(argv)
+
+
+@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file"})
+def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json=""):
+    """Apply the selected shards: saved plans when still current, otherwise plan first."""
+    argv = ["apply", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
+    argv += ["--sandbox"] if sandbox else []
+    argv += ["--workers", str(workers)] if workers else []
+    argv += ["--json", json] if json else []
+    _call(argv)
+
+
+@task(help={"json": "write the diagnostics as JSON to this file"})
+def validate(c, json=""):
+    """Check every deployment file without any cloud access."""
+    _call(["validate", *(["--json", json] if json else [])])
+
+
+@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "json": "print JSON"})
+def shards(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, json=False):
+    """List shards with their account, region and state key."""
+    argv = ["shards", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
+    _call(argv + (["--json"] if json else []))
+
+
+@task(help={"port": "port on 127.0.0.1 (default 5480)", "latency_ms": "delay added to every request, in milliseconds"})
+def sandbox_up(c, port=0, latency_ms=-1):
+    """Start the AWS sandbox (moto on 127.0.0.1) and create the state and audit buckets."""
+    argv = ["sandbox", "up"] + (["--port", str(port)] if port else []) + (["--latency-ms", str(latency_ms)] if latency_ms >= 0 else [])
+    _call(argv)
+
+
+@task(help={"port": "port on 127.0.0.1 (default 5480)"})
+def sandbox_down(c, port=0):
+    """Stop the sandbox; everything in it is discarded."""
+    _call(["sandbox", "down"] + (["--port", str(port)] if port else []))
+
+
+@task(help={"port": "port on 127.0.0.1 (default 5480)"})
+def sandbox_status(c, port=0):
+    """Print the sandbox endpoint URL and whether it runs."""
+    _call(["sandbox", "status"] + (["--port", str(port)] if port else []))
+
+
+@task(help={"fast": "skip the tests that run real Terraform", "pytest_args": "extra arguments for pytest"})
+def test(c, fast=False, pytest_args=""):
+    """Run the test suite (real Terraform against a sandbox of its own)."""
+    argv = [sys.executable, "-m", "pytest", "-ra"]
+    argv += ["-m", "not terraform"] if fast else []
+    argv += pytest_args.split() if pytest_args else []
+    completed = subprocess.run(argv)
+    if completed.returncode:
+        raise Exit(code=completed.returncode)
+
+
+@task(help={"output": "where to write the benchmark page", "quick": "fewer repetitions"})
+def bench(c, output="docs/benchmarks.md", quick=False):
+    """Measure the orchestrator against plain Terraform loops on the sandbox; write docs/benchmarks.md."""
+    from orchestrator.bench import main as bench_main
+
+    code = bench_main(["--output", output] + (["--quick"] if quick else []))
+    if code:
+        raise Exit(code=code)
+
+
+sandbox_tasks = Collection("sandbox")
+sandbox_tasks.add_task(sandbox_up, "up")
+sandbox_tasks.add_task(sandbox_down, "down")
+sandbox_tasks.add_task(sandbox_status, "status")
+
+namespace = Collection(plan, apply, validate, shards, test, bench, sandbox_tasks)
