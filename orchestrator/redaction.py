@@ -25,12 +25,18 @@ _PATTERNS = [
     re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}\b"),  # Stripe-style keys
     re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),  # Slack tokens
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b"),  # JSON web tokens
-    re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?<=://)[^/\s:@]+:[^@\s/]+(?=@)"),  # user:password@ in URLs
-    re.compile(r"(?i)(?<=[?&](?:token|key|secret|password|sig|signature)=)[^&\s\"']+"),
+    re.compile(r"(?i)(?P<keep>bearer )[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?P<keep>://[^/\s:@]+:)[^@\s/]+(?=@)"),  # the password of user:password@ in URLs
+    re.compile(r"(?i)(?P<keep>[?&](?:token|key|secret|password|sig|signature)=)[^&\s\"']+"),
 ]
 _PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _PRIVATE_KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+
+
+def _replacement(match: re.Match) -> str:
+    """Keep the named group ``keep`` (a prefix such as ``Bearer ``) and mask the rest."""
+    kept = match.groupdict().get("keep") or ""
+    return kept + MASK
 
 
 class Redactor:
@@ -70,5 +76,5 @@ class Redactor:
             text = text.replace(secret, MASK)
         text = _KEY_VALUE.sub(lambda m: m.group("key") + MASK, text)
         for pattern in self.patterns:
-            text = pattern.sub(MASK, text)
+            text = pattern.sub(_replacement, text)
         return text

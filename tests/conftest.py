@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated HOME and environment, template repositories, a sandbox of the tests' own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CASES_DIR = PROJECT_ROOT.parent / "shared" / "cases"
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    """Give every test its own HOME and no AWS_* or TF_* variables of the caller."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "TF_")):
+            monkeypatch.delenv(name, raising=False)
+    yield home
+
+
+def copy_template(destination: Path) -> Path:
+    """Copy the repository's template parts (accounts, modules, policies, settings) to ``destination``."""
+    for name in ("Accounts", "modules", "policies"):
+        source = PROJECT_ROOT / name
+        if source.exists():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
+    settings = PROJECT_ROOT / "orchestrator.toml"
+    if settings.exists():
+        shutil.copy(settings, destination / "orchestrator.toml")
+    return destination
+
+
+@pytest.fixture
+def template_repo(tmp_path) -> Path:
+    """A copy of the template repository in a temporary folder."""
+    return copy_template(tmp_path / "repo")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def git(repo: Path, *args: str) -> str:
+    completed = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                               env={**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.invalid"})
+    return completed.stdout
