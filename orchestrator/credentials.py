@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
@@ -82,9 +83,20 @@ def base_credentials(target: AwsTarget) -> TemporaryCredentials:
     return TemporaryCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
+# Clients built from explicit credentials read no profile, config file or endpoint variable of
+# the caller, so a stray AWS_PROFILE or AWS_ENDPOINT_URL cannot redirect or break them.
+_ISOLATED_SESSION_VARIABLES = {
+    "profile": (None, None, None, None),
+    "config_file": (None, None, os.devnull, None),
+    "credentials_file": (None, None, os.devnull, None),
+    "ignore_configured_endpoint_urls": (None, None, True, None),
+}
+
+
 def aws_client(service: str, credentials: TemporaryCredentials, region: str, target: AwsTarget):
     """Create a boto3 client for ``service`` with explicit credentials, region and endpoint."""
-    return boto3.client(
+    session = boto3.Session(botocore_session=botocore.session.Session(session_vars=_ISOLATED_SESSION_VARIABLES))
+    return session.client(
         service,
         region_name=region,
         endpoint_url=target.endpoint,

@@ -57,9 +57,14 @@ def _log_file(settings: Settings) -> Path:
 
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+    """Return True when an HTTP server answers at ``endpoint`` (any status counts)."""
+    # No proxy: the sandbox is on loopback, and a configured proxy must never see its traffic.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=timeout) as response:
-            return response.status == 200
+        with opener.open(f"{endpoint}/moto-api/seed", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
     except (urllib.error.URLError, OSError):
         return False
 
@@ -123,6 +128,8 @@ def _start(settings: Settings) -> SandboxStatus:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "orchestrator.sandbox_server", "--port", str(settings.sandbox.port), "--latency-ms", str(settings.sandbox.latency_ms)]
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    # AWS managed policies (arn:aws:iam::aws:policy/...) exist in moto only when it loads them.
+    environment["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
 

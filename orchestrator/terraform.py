@@ -47,7 +47,8 @@ class CommandResult:
 
     @property
     def command(self) -> str:
-        return " ".join(self.argv[:2]) if len(self.argv) > 1 else self.argv[0]
+        """Return the binary's name and subcommand, such as ``terraform plan``."""
+        return " ".join([Path(self.argv[0]).name, *self.argv[1:2]])
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])

@@ -1,0 +1,219 @@
+"""Benchmarks on the sandbox, written to docs/benchmarks.md with the machine and commands.
+
+Parallel against sequential: N accounts with one shard each are applied by the orchestrator
+and by the loop the orchestrator replaces (``terraform init``, ``plan -out``, ``apply`` per
+folder, one folder after the other, and the same loop with all folders at once). Every
+variant starts from an empty sandbox. CPU seconds are those of all child processes, so
+``CPU seconds ÷ cores`` is the floor no amount of parallelism can beat on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import sandbox
+from .settings import load_settings
+from .terraform import binary_version, resolve_binary
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent
+BENCH_ACCOUNTS = 5
+BUCKETS_PER_ACCOUNT = 3
+
+
+@dataclass
+class Measurement:
+    name: str
+    command: str
+    wall_seconds: float
+    cpu_seconds: float
+    detail: str = ""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _write_bench_repo(root: Path, port: int, latency_ms: int, accounts: int) -> Path:
+    """Create a repository with ``accounts`` accounts, each with one deployment of S3 buckets."""
+    repo = root / "repo"
+    shutil.copytree(TEMPLATE_ROOT / "modules", repo / "modules", ignore=shutil.ignore_patterns(".terraform"))
+    (repo / "orchestrator.toml").write_text(f"[sandbox]\nport = {port}\nlatency_ms = {latency_ms}\n", encoding="utf-8")
+    for index in range(1, accounts + 1):
+        account_id = f"{100000000000 + index}"
+        folder = repo / "Accounts" / f"bench-{index}"
+        folder.mkdir(parents=True)
+        (folder / "account.json").write_text(json.dumps({
+            "name": f"bench-{index}",
+            "account_id": account_id,
+            "environment": "bench",
+            "regions": ["eu-west-1"],
+            "default_region": "eu-west-1",
+            "deploy_role_arn": f"arn:aws:iam::{account_id}:role/terraform-deployer",
+        }), encoding="utf-8")
+        buckets = "\n".join(f"  data{n} = {{ versioning = true }}" for n in range(BUCKETS_PER_ACCOUNT))
+        (folder / "app.tfvars").write_text(f'project = "bench"\ntags = {{ Owner = "bench", CostCentre = "CC-0" }}\ns3_buckets = {{\n{buckets}\n}}\n', encoding="utf-8")
+    return repo
+
+
+def _orchestrator(repo: Path, *argv: str) -> tuple[int, dict]:
+    from .cli import main
+
+    sink = io.StringIO()
+    with redirect_stdout(sink), redirect_stderr(sink):
+        code = main(["--repo", str(repo), *argv])
+    report = json.loads((repo / ".orchestrator" / "runs" / "latest" / "report.json").read_text(encoding="utf-8"))
+    if code != 0:
+        raise RuntimeError(f"orchestrator {' '.join(argv)} exited with {code}:\n{sink.getvalue()[-3000:]}")
+    return code, report
+
+
+def _restart_sandbox(repo: Path) -> None:
+    settings = load_settings(repo)
+    sandbox.down(settings)
+    sandbox.up(settings)
+
+
+def _loop_folders(repo: Path, destination: Path) -> list[Path]:
+    """Copy each shard's prepared working directory (module, backend, provider, values) as a plain folder."""
+    folders = []
+    for shard_dir in sorted((repo / ".orchestrator" / "shards").glob("*/*/*")):
+        target = destination / shard_dir.parent.parent.name
+        shutil.copytree(shard_dir, target, ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", ".orchestrator-*"))
+        folders.append(target)
+    return folders
+
+
+def _loop_script(folders: list[Path], parallel: bool) -> str:
+    step = 'cd "$d" && terraform init -input=false -no-color >/dev/null && terraform plan -input=false -no-color -var-file=orchestrator.tfvars.json -out=p >/dev/null && terraform apply -input=false -no-color p >/dev/null'
+    names = " ".join(f'"{folder}"' for folder in folders)
+    if parallel:
+        return f'for d in {names}; do ( {step} ) & done; wait'
+    return f'for d in {names}; do ( {step} ) || exit 1; done'
+
+
+def _run_loop(repo: Path, folders: list[Path], parallel: bool) -> float:
+    """Run the plain Terraform loop with the credentials the orchestrator would use."""
+    from .credentials import AwsTarget, CredentialBroker
+
+    settings = load_settings(repo)
+    broker = CredentialBroker(AwsTarget(settings.sandbox.endpoint), settings.state.role_arn, "bench-loop", repo / ".orchestrator" / "bench-credentials", "eu-west-1")
+    from .discovery import discover
+
+    inventory = discover(settings)
+    credentials = {account.name: broker.credentials_file(account.name, account.deploy_role_arn) for account in inventory.accounts.values()}
+    # One credentials file with every account's profiles is not what the generated provider expects,
+    # so each folder gets its own file next to it.
+    for folder in folders:
+        shutil.copy(credentials[folder.name], folder / "credentials")
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "TF_IN_AUTOMATION": "1",
+        "CHECKPOINT_DISABLE": "1",
+        "TF_CLI_CONFIG_FILE": str(settings.work_dir / "terraform.rc"),
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    script = _loop_script(folders, parallel).replace('cd "$d" &&', 'cd "$d" && export AWS_SHARED_CREDENTIALS_FILE="$d/credentials" &&')
+    started = time.monotonic()
+    subprocess.run(["bash", "-c", script], env=environment, check=True)
+    return time.monotonic() - started
+
+
+def measure_parallel_vs_sequential(workdir: Path, port: int, latency_ms: int, accounts: int) -> list[Measurement]:
+    repo = _write_bench_repo(workdir / f"latency-{latency_ms}", port, latency_ms, accounts)
+    settings = load_settings(repo)
+    results = []
+    try:
+        sandbox.up(settings)
+        cpu_before, started = _children_cpu(), time.monotonic()
+        _, report = _orchestrator(repo, "apply", "--all", "--sandbox", "--workers", "5")
+        results.append(Measurement(f"orchestrator apply, {accounts} accounts, empty sandbox", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{sum(r['counts']['add'] for r in report['shards'])} resources added"))
+
+        cpu_before, started = _children_cpu(), time.monotonic()
+        _, report = _orchestrator(repo, "apply", "--all", "--sandbox", "--workers", "5")
+        commands = sum(len(r["commands"]) for r in report["shards"])
+        results.append(Measurement(f"orchestrator apply again, nothing changed ({accounts} accounts)", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{commands} terraform commands in all"))
+
+        for parallel in (False, True):
+            _restart_sandbox(repo)
+            loop_dir = Path(tempfile.mkdtemp(prefix="loop-", dir=workdir))
+            folders = _loop_folders(repo, loop_dir)
+            cpu_before = _children_cpu()
+            wall = _run_loop(repo, folders, parallel)
+            label = "all folders at once" if parallel else "one folder after the other"
+            results.append(Measurement(f"plain terraform loop, {label}", _loop_script([Path("<folder>")], parallel).replace('"<folder>"', "<each folder>"), wall, _children_cpu() - cpu_before))
+    finally:
+        sandbox.down(settings)
+    return results
+
+
+def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
+    cores = os.cpu_count()
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    terraform = resolve_binary("terraform")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Every number below comes from that run.",
+        "",
+        "## Machine",
+        "",
+        f"- {cores} cores, {memory_gib:.0f} GiB memory, {platform.system()} {platform.release()} ({platform.machine()})",
+        f"- Python {platform.python_version()}, Terraform {binary_version(terraform)}, AWS provider from the local mirror, moto {_moto_version()} as the sandbox on 127.0.0.1",
+        "",
+    ]
+    for title, measurements in sections.items():
+        lines += [f"## {title}", "", "| variant | wall s | CPU s (children) | CPU floor s (CPU ÷ cores) | note |", "|---|---:|---:|---:|---|"]
+        for m in measurements:
+            lines.append(f"| {m.name} | {m.wall_seconds:.1f} | {m.cpu_seconds:.1f} | {m.cpu_seconds / cores:.1f} | {m.detail} |")
+        orchestrated = measurements[0].wall_seconds
+        for m in measurements[2:]:
+            lines.append(f"\nThe orchestrator took {orchestrated / m.wall_seconds:.2f}× the time of the {m.name.replace('plain terraform loop, ', 'loop with ')}.")
+        lines += ["", "Commands:", ""] + [f"- {m.name}: `{m.command}`" for m in measurements] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def _moto_version() -> str:
+    from importlib.metadata import version
+
+    return version("moto")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmarks on the sandbox.")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--quick", action="store_true", help="skip the run with injected latency")
+    parser.add_argument("--accounts", type=int, default=BENCH_ACCOUNTS)
+    arguments = parser.parse_args(argv)
+
+    from .sandbox import _port_in_use
+
+    port = next(p for p in range(5590, 5690) if not _port_in_use(p))
+    sections = {}
+    with tempfile.TemporaryDirectory(prefix="tdo-bench-") as scratch:
+        for latency in ([0] if arguments.quick else [0, 50]):
+            title = f"Parallel against sequential: {arguments.accounts} accounts, {BUCKETS_PER_ACCOUNT} buckets each, {latency} ms injected latency per request"
+            print(f"measuring: {title}", file=sys.stderr)
+            sections[title] = measure_parallel_vs_sequential(Path(scratch), port, latency, arguments.accounts)
+
+    command = "invoke bench" + (" --quick" if arguments.quick else "")
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(render_page(sections, command), encoding="utf-8")
+    print(f"wrote {arguments.output}", file=sys.stderr)
+    return 0

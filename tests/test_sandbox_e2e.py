@@ -1,0 +1,209 @@
+"""End to end on the sandbox: real Terraform and the real AWS provider against moto.
+
+One module-scoped apply of every example shard, then checks of what it left behind: each
+resource in its own account and region (listed with boto3), each state object at its key,
+a second apply that writes no state, and a change to one file that re-plans only its shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from orchestrator import sandbox
+from orchestrator.cli import main as cli_main
+from orchestrator.credentials import AwsTarget, assume_role, aws_client, base_credentials
+from orchestrator.discovery import discover
+from orchestrator.settings import load_settings
+
+from conftest import copy_template, free_port
+
+pytestmark = pytest.mark.terraform
+
+
+def run_cli(repo: Path, *argv: str) -> tuple[int, str]:
+    """Run the CLI in-process and return its exit code and combined output."""
+    output = io.StringIO()
+    with redirect_stdout(output), redirect_stderr(output):
+        code = cli_main(["--repo", str(repo), *argv])
+    return code, output.getvalue()
+
+
+def report_of(output: str, repo: Path) -> dict:
+    latest = repo / ".orchestrator" / "runs" / "latest" / "report.json"
+    return json.loads(latest.read_text())
+
+
+@pytest.fixture(scope="module")
+def sandbox_repo(tmp_path_factory):
+    repo = copy_template(tmp_path_factory.mktemp("e2e") / "repo")
+    port = free_port()
+    (repo / "orchestrator.toml").write_text(f"[sandbox]\nport = {port}\n")
+    settings = load_settings(repo)
+    sandbox.up(settings)
+    yield repo
+    sandbox.down(settings)
+
+
+@pytest.fixture(scope="module")
+def first_apply(sandbox_repo):
+    # A caller's stray AWS variables must not reach any shard: if they did, this profile
+    # (which exists nowhere) would make every Terraform command fail.
+    os.environ["AWS_PROFILE"] = "profile-that-does-not-exist"
+    os.environ["AWS_ACCESS_KEY_ID"] = "AKIACALLERSHELL00000"
+    try:
+        code, output = run_cli(sandbox_repo, "apply", "--all", "--sandbox")
+    finally:
+        del os.environ["AWS_PROFILE"], os.environ["AWS_ACCESS_KEY_ID"]
+    return code, output, report_of(output, sandbox_repo)
+
+
+def account_client(settings, account, service: str, region: str):
+    target = AwsTarget(endpoint=settings.sandbox.endpoint)
+    credentials = assume_role(base_credentials(target), account.deploy_role_arn, "e2e-check", region, target)
+    return aws_client(service, credentials, region, target)
+
+
+def state_client(settings, region: str):
+    target = AwsTarget(endpoint=settings.sandbox.endpoint)
+    credentials = assume_role(base_credentials(target), settings.state.role_arn, "e2e-check", region, target)
+    return aws_client("s3", credentials, region, target)
+
+
+def test_first_apply_applies_every_shard(first_apply, sandbox_repo):
+    code, output, report = first_apply
+    statuses = {shard["shard_id"]: shard["status"] for shard in report["shards"]}
+
+    assert code == 0, output
+    assert statuses and set(statuses.values()) == {"applied"}, output
+    assert len(statuses) == len(discover(load_settings(sandbox_repo)).shards)
+    assert "shard" in output and "result" in output  # the summary table was printed
+
+
+def test_resources_exist_in_their_account_and_region(first_apply, sandbox_repo):
+    settings = load_settings(sandbox_repo)
+    inventory = discover(settings)
+    checked = 0
+
+    for shard in inventory.shards:
+        values = shard.values
+        if shard.service.name == "s3":
+            s3 = account_client(settings, shard.account, "s3", shard.region)
+            names = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+            for name in values["s3_buckets"]:
+                bucket = f"{shard.project}-{name}-{shard.account_id}-{shard.region}"
+                assert bucket in names, f"{bucket} missing in account {shard.account.name}"
+                assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] in (shard.region, None)
+                expected_versioning = "Enabled" if values["s3_buckets"][name].get("versioning", True) else "Suspended"
+                assert s3.get_bucket_versioning(Bucket=bucket).get("Status") == expected_versioning
+                rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+                expected = "aws:kms" if values["s3_buckets"][name].get("kms_key_alias") else "AES256"
+                assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == expected
+                checked += 1
+        elif shard.service.name == "kms":
+            kms = account_client(settings, shard.account, "kms", shard.region)
+            aliases = {alias["AliasName"]: alias.get("TargetKeyId") for alias in kms.list_aliases()["Aliases"]}
+            for name, key in values["kms_keys"].items():
+                alias = key.get("alias") or f"alias/{shard.project}-{name}"
+                assert alias in aliases, f"{alias} missing in {shard.account.name}/{shard.region}"
+                assert kms.get_key_rotation_status(KeyId=aliases[alias])["KeyRotationEnabled"] is True
+                checked += 1
+        elif shard.service.name == "iam":
+            iam = account_client(settings, shard.account, "iam", shard.region)
+            roles = {role["RoleName"] for role in iam.list_roles()["Roles"]}
+            for name in values["iam_roles"]:
+                assert name in roles, f"role {name} missing in {shard.account.name}"
+                checked += 1
+        elif shard.service.name == "lambda":
+            functions_client = account_client(settings, shard.account, "lambda", shard.region)
+            functions = {f["FunctionName"]: f for f in functions_client.list_functions()["Functions"]}
+            for name, spec in values["lambda_functions"].items():
+                function = functions.get(f"{shard.project}-{name}")
+                assert function is not None, f"function {shard.project}-{name} missing in {shard.account.name}/{shard.region}"
+                assert function["Role"].startswith(f"arn:aws:iam::{shard.account_id}:role/")
+                checked += 1
+    assert checked >= 8
+
+
+def test_resources_do_not_leak_into_other_accounts(first_apply, sandbox_repo):
+    settings = load_settings(sandbox_repo)
+    inventory = discover(settings)
+    state_buckets = {settings.state.bucket_for(region) for account in inventory.accounts.values() for region in account.regions}
+    state_buckets |= {settings.state.bucket_for(settings.audit.region), settings.audit.bucket}
+
+    for account in inventory.accounts.values():
+        expected = {
+            f"{shard.project}-{name}-{shard.account_id}-{shard.region}"
+            for shard in inventory.shards
+            if shard.account.name == account.name and shard.service.name == "s3"
+            for name in shard.values["s3_buckets"]
+        }
+        s3 = account_client(settings, account, "s3", account.default_region)
+        found = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]} - state_buckets
+        assert found == expected, f"buckets of account {account.name}"
+
+
+def test_state_objects_exist_at_their_keys(first_apply, sandbox_repo):
+    settings = load_settings(sandbox_repo)
+    for shard in discover(settings).shards:
+        s3 = state_client(settings, shard.region)
+        bucket = settings.state.bucket_for(shard.region)
+        head = s3.head_object(Bucket=bucket, Key=shard.state_key)
+        assert head["ServerSideEncryption"] in ("AES256", "aws:kms")
+        state = json.loads(s3.get_object(Bucket=bucket, Key=shard.state_key)["Body"].read())
+        assert state["resources"], f"state of {shard.id} is empty"
+
+
+def _state_versions(settings, inventory) -> dict[str, list[str]]:
+    versions = {}
+    for shard in inventory.shards:
+        s3 = state_client(settings, shard.region)
+        listing = s3.list_object_versions(Bucket=settings.state.bucket_for(shard.region), Prefix=shard.state_key)
+        # The prefix also lists the lock file (<key>.tflock), which every plan writes and deletes.
+        versions[shard.id] = sorted(v["VersionId"] for v in listing.get("Versions", []) if v["Key"] == shard.state_key)
+    return versions
+
+
+def test_second_apply_changes_nothing(first_apply, sandbox_repo):
+    settings = load_settings(sandbox_repo)
+    inventory = discover(settings)
+    before = _state_versions(settings, inventory)
+
+    code, output = run_cli(sandbox_repo, "apply", "--all", "--sandbox")
+    report = report_of(output, sandbox_repo)
+
+    assert code == 0, output
+    assert {shard["status"] for shard in report["shards"]} == {"no changes"}, output
+    # An unchanged shard runs one terraform command: the plan that finds nothing to do.
+    assert all([c["command"] for c in shard["commands"]] == ["terraform plan"] for shard in report["shards"]), output
+    assert _state_versions(settings, inventory) == before
+
+
+def test_editing_one_file_replans_only_its_shards(first_apply, sandbox_repo):
+    deployment = sandbox_repo / "Accounts" / "staging" / "payments.tfvars"
+    original = deployment.read_text()
+    deployment.write_text(original.replace("tags = {", "tags = {\n  Reviewed = \"yes\"", 1))
+    try:
+        code, output = run_cli(sandbox_repo, "plan", "--changed-files", "Accounts/staging/payments.tfvars", "--sandbox", "--detailed-exitcode")
+        report = report_of(output, sandbox_repo)
+    finally:
+        deployment.write_text(original)
+
+    assert code == 2, output
+    assert sorted(s["shard_id"] for s in report["shards"]) == ["staging/payments/kms", "staging/payments/s3"]
+    assert {s["status"] for s in report["shards"]} == {"planned"}
+    assert all(s["counts"]["change"] >= 1 for s in report["shards"])
+
+
+def test_plan_file_and_json_are_private(first_apply, sandbox_repo):
+    code, output = run_cli(sandbox_repo, "plan", "--deployment", "prod/payments/kms", "--sandbox")
+    assert code == 0, output
+    runs = sorted((sandbox_repo / ".orchestrator" / "runs").glob("*/shards/**/plan.*"))
+    assert runs, "no plan artefacts were kept"
+    for path in runs:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600), path
