@@ -36,6 +36,7 @@ BUCKETS_PER_ACCOUNT = 3
 
 @dataclass
 class Measurement:
+    key: str  # orchestrator, orchestrator-again, loop-sequential, loop-sequential-again, loop-parallel
     name: str
     command: str
     wall_seconds: float
@@ -143,12 +144,12 @@ def measure_parallel_vs_sequential(workdir: Path, port: int, latency_ms: int, ac
         sandbox.up(settings)
         cpu_before, started = _children_cpu(), time.monotonic()
         _, report = _orchestrator(repo, "apply", "--all", "--sandbox", "--workers", "5")
-        results.append(Measurement(f"orchestrator apply, {accounts} accounts, empty sandbox", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{sum(r['counts']['add'] for r in report['shards'])} resources added"))
+        results.append(Measurement("orchestrator", f"orchestrator apply, {accounts} accounts, empty sandbox", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{sum(r['counts']['add'] for r in report['shards'])} resources added"))
 
         cpu_before, started = _children_cpu(), time.monotonic()
         _, report = _orchestrator(repo, "apply", "--all", "--sandbox", "--workers", "5")
         commands = sum(len(r["commands"]) for r in report["shards"])
-        results.append(Measurement(f"orchestrator apply again, nothing changed ({accounts} accounts)", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{commands} terraform commands in all"))
+        results.append(Measurement("orchestrator-again", f"orchestrator apply again, nothing changed ({accounts} accounts)", "invoke apply --all --sandbox --workers 5", time.monotonic() - started, _children_cpu() - cpu_before, f"{commands} terraform commands in all"))
 
         for parallel in (False, True):
             _restart_sandbox(repo)
@@ -157,7 +158,12 @@ def measure_parallel_vs_sequential(workdir: Path, port: int, latency_ms: int, ac
             cpu_before = _children_cpu()
             wall = _run_loop(repo, folders, parallel)
             label = "all folders at once" if parallel else "one folder after the other"
-            results.append(Measurement(f"plain terraform loop, {label}", _loop_script([Path("<folder>")], parallel).replace('"<folder>"', "<each folder>"), wall, _children_cpu() - cpu_before))
+            loop_command = _loop_script([Path("<folder>")], parallel).replace('"<folder>"', "<each folder>")
+            results.append(Measurement("loop-parallel" if parallel else "loop-sequential", f"plain terraform loop, {label}", loop_command, wall, _children_cpu() - cpu_before))
+            if not parallel:
+                cpu_before = _children_cpu()
+                wall = _run_loop(repo, folders, parallel)
+                results.append(Measurement("loop-sequential-again", "plain terraform loop again, one folder after the other, nothing changed", loop_command, wall, _children_cpu() - cpu_before))
     finally:
         sandbox.down(settings)
     return results
@@ -182,9 +188,14 @@ def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
         lines += [f"## {title}", "", "| variant | wall s | CPU s (children) | CPU floor s (CPU ÷ cores) | note |", "|---|---:|---:|---:|---|"]
         for m in measurements:
             lines.append(f"| {m.name} | {m.wall_seconds:.1f} | {m.cpu_seconds:.1f} | {m.cpu_seconds / cores:.1f} | {m.detail} |")
-        orchestrated = measurements[0].wall_seconds
-        for m in measurements[2:]:
-            lines.append(f"\nThe orchestrator took {orchestrated / m.wall_seconds:.2f}× the time of the {m.name.replace('plain terraform loop, ', 'loop with ')}.")
+        by_key = {m.key: m for m in measurements}
+        first, again = by_key["orchestrator"], by_key["orchestrator-again"]
+        sequential, parallel, sequential_again = by_key.get("loop-sequential"), by_key.get("loop-parallel"), by_key.get("loop-sequential-again")
+        lines.append("")
+        if sequential:
+            lines.append(f"- First apply: the orchestrator took {first.wall_seconds / sequential.wall_seconds:.2f}× the wall time of the sequential loop" + (f" and {first.wall_seconds / parallel.wall_seconds:.2f}× that of the parallel loop." if parallel else "."))
+        if sequential_again:
+            lines.append(f"- Nothing changed: the orchestrator took {again.wall_seconds / sequential_again.wall_seconds:.2f}× the wall time of the sequential loop, because an unchanged shard runs one `terraform plan` and nothing else.")
         lines += ["", "Commands:", ""] + [f"- {m.name}: `{m.command}`" for m in measurements] + [""]
     return "\n".join(lines) + "\n"
 

@@ -194,14 +194,15 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
             return report
         raise SelectionError(f"{request.describe()} selects no shard; list shards with: invoke shards")
 
+    # The toolchain comes first: a missing binary or mirror is reported before anything starts.
+    toolchain = prepare_toolchain(settings.terraform.binary, settings.terraform.provider_mirror, settings.repo_root, settings.work_dir)
+    report.terraform = f"{Path(toolchain.binary).name} {toolchain.version}"
+
     target = AwsTarget()
     if options.sandbox:
         status = sandbox_module.up(settings)
         target = AwsTarget(endpoint=status.endpoint)
         report.sandbox_endpoint = status.endpoint
-
-    toolchain = prepare_toolchain(settings.terraform.binary, settings.terraform.provider_mirror, settings.repo_root, settings.work_dir)
-    report.terraform = f"{Path(toolchain.binary).name} {toolchain.version}"
     run_dir = settings.work_dir / "runs" / report.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     report.run_dir = str(run_dir)

@@ -22,6 +22,8 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     for name in list(os.environ):
         if name.startswith(("AWS_", "TF_")):
             monkeypatch.delenv(name, raising=False)
+    # Tests talk to the sandbox on 127.0.0.1 only; this keeps boto3 away from the metadata address.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     yield home
 
 
