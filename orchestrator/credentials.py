@@ -1,6 +1,6 @@
 """Credentials per account: the base identity assumes each account's deploy role and the state role.
 
-Terraform never sees the caller's ``AWS_*`` variables. The orchestrator resolves the base
+Terraform gets none of the caller's ``AWS_*`` variables. The orchestrator resolves the base
 identity itself (in CI, OIDC web identity through boto3's default chain), assumes the roles,
 and writes the temporary credentials to a credentials file of the run (mode 0600) with two
 profiles: ``workload`` for the provider and ``state`` for the backend.
@@ -36,12 +36,12 @@ class CredentialsError(OrchestratorError):
 
 
 class SandboxUnreachable(OrchestratorError):
-    """The sandbox endpoint does not answer."""
+    """The sandbox endpoint does not respond."""
 
 
 @dataclass(frozen=True)
 class AwsTarget:
-    """Where AWS API calls go: real AWS (``endpoint`` None) or the sandbox on loopback."""
+    """Destination of AWS API calls: real AWS (``endpoint`` None) or the sandbox on loopback."""
 
     endpoint: str | None = None
 
@@ -112,7 +112,7 @@ def assume_role(base: TemporaryCredentials, role_arn: str, session_name: str, re
         response = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=SESSION_DURATION_SECONDS)
     except EndpointConnectionError as error:
         if target.is_sandbox:
-            raise SandboxUnreachable(f"the sandbox at {target.endpoint} does not answer; start it with invoke sandbox.up or pass --sandbox") from error
+            raise SandboxUnreachable(f"the sandbox at {target.endpoint} does not respond; start it with invoke sandbox.up or pass --sandbox") from error
         raise CredentialsError(f"could not reach AWS STS to assume {role_arn}: {error}") from error
     except (ClientError, BotoCoreError) as error:
         raise CredentialsError(f"could not assume {role_arn}: {error}; check that the role exists and trusts the base identity") from error

@@ -6,11 +6,15 @@ collected as diagnostics (file, line, column, message) so that one run reports a
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hcl2
 import jsonschema
+from lark.exceptions import LarkError
 
 from .errors import ConfigurationError
 from .settings import Settings, load_schema
@@ -22,6 +26,10 @@ SERVICE_SCHEMA_FILE_NAME = "schema.json"
 
 # Keys every shard of a deployment file receives, whatever service it belongs to.
 COMMON_KEYS = ("account_id", "region", "project", "environment", "tags")
+
+# Variables every service module declares: the common keys and the repository root, which
+# modules use to read files that deployment files name relative to it.
+MODULE_COMMON_VARIABLES = COMMON_KEYS + ("repo_root",)
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,7 @@ def load_services(settings: Settings) -> dict[str, Service]:
             except (json.JSONDecodeError, jsonschema.SchemaError) as error:
                 raise ConfigurationError(f"{relative_path(schema_path, settings.repo_root)}: invalid JSON Schema: {error}") from error
 
+        check_module_variables(module_dir, data["keys"], settings.repo_root, settings.work_dir / "cache" / "module-variables.json")
         services[data["name"]] = Service(
             name=data["name"],
             keys=tuple(data["keys"]),
@@ -235,6 +244,60 @@ def load_services(settings: Settings) -> dict[str, Service]:
 
     _check_service_graph(services)
     return services
+
+
+def _variables_in_file(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = hcl2.load(handle)
+    except (LarkError, UnicodeDecodeError, ValueError) as error:
+        # python-hcl2 rejects some files Terraform accepts; Terraform reports real errors at init.
+        raise ConfigurationError(f"{path}: could not read the module's variables ({type(error).__name__}); run terraform validate in {path.parent} to see whether Terraform accepts it") from error
+    return sorted(name.strip('"') for block in document.get("variable", []) for name in block)
+
+
+def module_variables(module_dir: Path, cache_file: Path | None = None) -> set[str]:
+    """Return the names of the variables declared in a module's ``*.tf`` files (read with python-hcl2).
+
+    python-hcl2 needs about 0.2 s per file, so results are cached in ``cache_file`` by the
+    sha256 of each file's content.
+    """
+    cache: dict[str, list[str]] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            cache = {}
+
+    names: set[str] = set()
+    changed = False
+    for path in sorted(module_dir.glob("*.tf")):
+        content = path.read_bytes()
+        if b"variable" not in content:
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        if digest not in cache:
+            cache[digest] = _variables_in_file(path)
+            changed = True
+        names.update(cache[digest])
+
+    if changed and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
+    return names
+
+
+def check_module_variables(module_dir: Path, keys: list[str], repo_root: Path, cache_file: Path | None = None) -> None:
+    """Raise when a module does not declare a variable for each key it owns and each common one.
+
+    Terraform only warns about values for undeclared variables, so without this check a
+    service's values would be dropped silently.
+    """
+    declared = module_variables(module_dir, cache_file)
+    missing = [name for name in (*MODULE_COMMON_VARIABLES, *keys) if name not in declared]
+    if missing:
+        shown = relative_path(module_dir, repo_root)
+        raise ConfigurationError(f"{shown}/ declares no variable for {', '.join(missing)}; add a variable block for each (every module declares {', '.join(MODULE_COMMON_VARIABLES)} and the keys in its service.json)")
 
 
 def _check_service_graph(services: dict[str, Service]) -> None:
@@ -339,8 +402,6 @@ def split_into_shards(deployment: DeploymentFile, services: dict[str, Service], 
 
 
 def unknown_key_message(key: str, known: list[str]) -> str:
-    import difflib
-
     suggestion = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean {suggestion[0]}?" if suggestion else ""
     return f"{key} is not a known key{hint} Known keys: {', '.join(known)}."

@@ -1,4 +1,4 @@
-"""Redaction of everything a person sees: one redactor for console, logs and reports.
+"""Redaction of everything shown to people: one redactor for console, logs and reports.
 
 It masks values under secret-like keys, well-known credential patterns and private key
 blocks, line by line, and keeps the rest of each line intact so that output stays readable.

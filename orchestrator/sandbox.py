@@ -1,6 +1,6 @@
 """The embedded AWS sandbox: the moto server on 127.0.0.1, started, checked and stopped here.
 
-``up`` starts ``orchestrator.sandbox_server`` as a detached process, waits until it answers,
+``up`` starts ``orchestrator.sandbox_server`` as a detached process, waits until it responds,
 and creates what a real landing zone would have: one versioned, encrypted state bucket per
 region in the state account, the audit bucket with a 90-day lifecycle, and (when the
 settings ask for DynamoDB locking) the lock table. The server keeps everything in memory,
@@ -57,7 +57,7 @@ def _log_file(settings: Settings) -> Path:
 
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
-    """Return True when an HTTP server answers at ``endpoint`` (any status counts)."""
+    """Return True when an HTTP server responds at ``endpoint``, whatever the status."""
     # No proxy: the sandbox is on loopback, and a configured proxy must never see its traffic.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -96,16 +96,16 @@ def _read_state(settings: Settings) -> dict | None:
 
 
 def status(settings: Settings) -> SandboxStatus:
-    """Report whether the sandbox of this repository runs and answers."""
+    """Report whether the sandbox of this repository runs and responds."""
     endpoint = settings.sandbox.endpoint
     recorded = _read_state(settings)
     if recorded and recorded.get("port") == settings.sandbox.port and _process_alive(recorded["pid"]):
         if _answers(endpoint):
             return SandboxStatus(True, endpoint, recorded["pid"], recorded.get("latency_ms", 0), "running")
-        return SandboxStatus(False, endpoint, recorded["pid"], 0, "process exists but does not answer")
+        return SandboxStatus(False, endpoint, recorded["pid"], 0, "process exists but does not respond")
     if _answers(endpoint):
         # Started by another checkout or by hand: usable, but not ours to stop.
-        return SandboxStatus(True, endpoint, None, 0, "answering (not started by this checkout)")
+        return SandboxStatus(True, endpoint, None, 0, "responding (not started by this checkout)")
     return SandboxStatus(False, endpoint, None, 0, "not running")
 
 
@@ -143,7 +143,7 @@ def _start(settings: Settings) -> SandboxStatus:
         time.sleep(0.2)
     else:
         process.terminate()
-        raise SandboxError(f"the sandbox server did not answer on {settings.sandbox.endpoint} within {STARTUP_TIMEOUT_SECONDS} s; see {log_path}")
+        raise SandboxError(f"the sandbox server did not respond on {settings.sandbox.endpoint} within {STARTUP_TIMEOUT_SECONDS} s; see {log_path}")
 
     record = {"pid": process.pid, "port": settings.sandbox.port, "latency_ms": settings.sandbox.latency_ms, "started": time.time()}
     _state_file(settings).write_text(json.dumps(record), encoding="utf-8")
@@ -198,17 +198,22 @@ def bootstrap(settings: Settings) -> None:
     _ensure_bucket(aws_client("s3", state, settings.audit.region, target), settings.audit.bucket, settings.audit.region, lifecycle_days=AUDIT_RETENTION_DAYS)
 
     if settings.state.lock == "dynamodb":
-        dynamodb = aws_client("dynamodb", state, settings.audit.region, target)
-        try:
-            dynamodb.create_table(
-                TableName=settings.state.dynamodb_table,
-                KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ResourceInUseException":
-                raise
+        # The backend looks for the table in the state bucket's region, so each region gets one.
+        for region in sorted(set(buckets.values())):
+            _ensure_lock_table(aws_client("dynamodb", state, region, target), settings.state.dynamodb_table)
+
+
+def _ensure_lock_table(dynamodb, table: str) -> None:
+    try:
+        dynamodb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceInUseException":
+            raise
 
 
 def _ensure_bucket(s3, bucket: str, region: str, lifecycle_days: int | None) -> None:

@@ -1,10 +1,13 @@
 """Selection: which shards a run covers, from --all, changed files, a git range and filters.
 
-A changed deployment file selects its shards; a change under ``modules/<service>/`` selects
-every shard of that service; a change to an ``account.json`` selects the account's shards; a
-change to the policies or the repo settings selects every shard; a changed file that a
-deployment file references (an IAM policy document, a Lambda source folder) selects the
-shards that reference it.
+What a changed path selects:
+
+- a deployment file: its shards;
+- anything under ``modules/<service>/``: every shard of that service;
+- an ``account.json``: the account's shards;
+- the policies or the repo settings: every shard;
+- a file a deployment file references (an IAM policy document, a Lambda source folder): the
+  shards that reference it.
 """
 
 from __future__ import annotations

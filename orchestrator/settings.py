@@ -72,7 +72,7 @@ class StateSettings:
     kms_key_id: str
 
     def bucket_for(self, region: str) -> str:
-        """Return the state bucket that holds the state of shards deployed to ``region``."""
+        """Return the state bucket that stores the state of shards deployed to ``region``."""
         return self.bucket.format(region=region)
 
     def region_for(self, region: str) -> str:

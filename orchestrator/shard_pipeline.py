@@ -100,7 +100,7 @@ class ShardResult:
 
 @dataclass
 class RunContext:
-    """What every shard of one run shares."""
+    """Settings, toolchain, credentials and callbacks shared by every shard of one run."""
 
     settings: Settings
     toolchain: Toolchain
@@ -135,7 +135,7 @@ def shard_environment(context: RunContext, credentials_file: Path) -> dict[str, 
 
 
 class ShardPipeline:
-    """Plan or apply one shard; ``run`` never raises, it returns the result as an Outcome."""
+    """Plan or apply one shard. ``run`` catches every exception and returns it as the shard's failure."""
 
     def __init__(self, shard: Shard, context: RunContext):
         self.shard = shard
@@ -170,8 +170,11 @@ class ShardPipeline:
         finally:
             self.result.duration = time.monotonic() - started
 
-        succeeded = self.result.status in (NO_CHANGES, PLANNED, APPLIED, WAITING)
-        return Outcome(SUCCEEDED if succeeded else (SKIPPED if self.result.status == INTERRUPTED else FAILED), self.result.error, self.result)
+        if self.result.status in (NO_CHANGES, PLANNED, APPLIED, WAITING):
+            return Outcome(SUCCEEDED, self.result.error, self.result)
+        if self.result.status == INTERRUPTED:
+            return Outcome(SKIPPED, self.result.error, self.result)
+        return Outcome(FAILED, self.result.error, self.result)
 
     def _fail(self, error: TerraformError, prerequisites: dict[str, Outcome]) -> None:
         pending = [shard_id for shard_id, outcome in prerequisites.items() if isinstance(outcome.value, ShardResult) and outcome.value.has_changes and outcome.value.status == PLANNED]

@@ -217,10 +217,10 @@ class Runner:
         self.results: list[CommandResult] = []
 
     def run(self, argv: list[str], ok_codes: Iterable[int] = (0,), stdout_path: Path | None = None) -> CommandResult:
-        """Run ``argv``; stream its output to the log, return the result (failures are results too).
+        """Run ``argv``, stream its output to the log and return the result, failed or not.
 
-        With ``stdout_path`` the command's standard output goes to that file (mode 0600) and only
-        standard error is logged; ``show -json`` uses it because its output is secret.
+        With ``stdout_path``, standard output goes to that file (mode 0600) and only standard
+        error is logged. ``show -json`` uses it because its output contains secrets.
         """
         if self.registry.cancelled.is_set():
             raise Interrupted(f"not started because the run was interrupted: {' '.join(argv[:2])}")

@@ -2,8 +2,8 @@
 
 The orchestrator writes its own CLI configuration for every run instead of relying on the
 caller's ``TF_CLI_CONFIG_FILE`` (which may not exist). An unpacked filesystem mirror needs no
-plugin cache at all, because Terraform links each working directory to the mirror's files;
-that also keeps parallel ``init`` free of the plugin-cache race ("text file busy", checksum
+plugin cache at all, because Terraform links each working directory to the mirror's files.
+That also keeps parallel ``init`` free of the plugin-cache race ("text file busy", checksum
 mismatch). Any other source uses a plugin cache, and ``init`` is then serialised by a lock.
 """
 
@@ -53,7 +53,7 @@ def platform_name() -> str:
 
 
 def inspect_mirror(path: Path) -> ProviderMirror | None:
-    """Describe the provider mirror at ``path``, or return None when it holds no provider for this platform."""
+    """Describe the provider mirror at ``path``, or return None when it contains no provider for this platform."""
     if not path.is_dir():
         return None
     target = platform_name()
@@ -124,7 +124,7 @@ def detect_mirror(configured: str, repo_root: Path, home: Path | None = None) ->
         mirror = inspect_mirror(path)
         if mirror is None:
             raise ConfigurationError(
-                f"provider mirror {path} holds no provider for {platform_name()}; it must contain "
+                f"provider mirror {path} contains no provider for {platform_name()}; it must contain "
                 "registry.terraform.io/<namespace>/<name>/<version>/<platform>/ (unpacked) or the release zips (packed). "
                 "Fix terraform.provider_mirror in orchestrator.toml or ORCHESTRATOR_PROVIDER_MIRROR"
             )

@@ -1,7 +1,7 @@
 """Validation before any cloud call: routing rules, state-key collisions and service schemas.
 
-Syntax errors and unknown keys are found while discovering (they decide how a file splits
-into shards); this module adds the checks that need the whole inventory. Every problem is a
+Syntax errors and unknown keys are found during discovery, because they decide how a file
+splits into shards. This module adds the checks that need the whole inventory. Every problem is a
 diagnostic with file, line and column, and all of them are reported in one run.
 """
 

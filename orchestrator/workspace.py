@@ -116,6 +116,7 @@ def build_package(source_dir: Path, zip_path: Path) -> None:
 
 
 def _build_packages(shard: Shard, repo_root: Path, directory: Path) -> None:
+    built: set[str] = set()
     for package in shard.service.packages:
         entries = shard.values.get(package.key) or {}
         for name, entry in entries.items():
@@ -129,6 +130,12 @@ def _build_packages(shard: Shard, repo_root: Path, directory: Path) -> None:
             if not source.is_dir():
                 raise PackagingError(f"{where} = {relative!r} is not a folder; create it or fix the path (relative to the repository root)")
             build_package(source, directory / PACKAGES_DIR_NAME / f"{name}.zip")
+            built.add(f"{name}.zip")
+
+    # A function removed from the deployment file leaves its zip behind; it must not count as an input.
+    for leftover in (directory / PACKAGES_DIR_NAME).glob("*.zip"):
+        if leftover.name not in built:
+            leftover.unlink()
 
 
 def _digest(parts: list[tuple[str, bytes]]) -> str:

@@ -86,7 +86,7 @@ def test_provider_missing_from_configured_mirror_is_clear(template_repo, tmp_pat
     (template_repo / "orchestrator.toml").write_text(f'[terraform]\nprovider_mirror = "{empty_mirror}"\n')
     code, output = run(template_repo, "plan", "--all", "--sandbox", capsys=capsys)
     assert code == 4
-    assert f"provider mirror {empty_mirror} holds no provider" in output
+    assert f"provider mirror {empty_mirror} contains no provider" in output
 
 
 def test_invalid_settings_name_the_key(template_repo, capsys):
@@ -109,7 +109,7 @@ def test_busy_port_is_a_clear_error(template_repo):
 def test_unreachable_sandbox_is_clear(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"
     broker = CredentialBroker(AwsTarget(endpoint), "arn:aws:iam::111111111111:role/terraform-state", "run", tmp_path, "eu-west-1")
-    with pytest.raises(SandboxUnreachable, match="does not answer; start it with invoke sandbox.up"):
+    with pytest.raises(SandboxUnreachable, match="does not respond; start it with invoke sandbox.up"):
         broker.state_credentials()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.discovery import discover, state_key
+from orchestrator.discovery import MODULE_COMMON_VARIABLES, discover, module_variables, state_key
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import load_settings
 
@@ -21,7 +21,8 @@ def write(path: Path, text: str) -> Path:
 def make_service(repo: Path, name: str, keys: list[str], depends_on: list[str] = (), is_global: bool = False) -> None:
     descriptor = {"name": name, "keys": keys, "depends_on": list(depends_on), "global": is_global, "packages": []}
     write(repo / "modules" / name / "service.json", json.dumps(descriptor))
-    write(repo / "modules" / name / "main.tf", "")
+    variables = "\n".join(f'variable "{v}" {{}}' for v in [*MODULE_COMMON_VARIABLES, *keys])
+    write(repo / "modules" / name / "variables.tf", variables + "\n")
 
 
 def make_account(repo: Path, name: str, account_id: str, regions=("eu-west-1", "us-east-1")) -> None:
@@ -134,3 +135,30 @@ def test_template_repo_discovers_cleanly(template_repo):
     assert len(inventory.accounts) >= 3
     assert {shard.service.name for shard in inventory.shards} >= {"s3", "kms", "iam", "lambda"}
     assert len({shard.region for shard in inventory.shards}) >= 2
+
+
+def test_module_variables_read_with_python_hcl2(template_repo):
+    declared = module_variables(template_repo / "modules" / "s3")
+    assert {"s3_buckets", "account_id", "region", "project", "environment", "tags", "repo_root"} <= declared
+
+
+def test_module_missing_variable_is_rejected(small_repo):
+    write(small_repo / "modules" / "s3" / "variables.tf", 'variable "account_id" {}\n')
+    with pytest.raises(ConfigurationError, match="modules/s3/ declares no variable for region, project"):
+        discover(load_settings(small_repo))
+
+
+def test_orchestrator_gets_python_hcl2_8():
+    """Checkov's bc-python-hcl2 installs a package also named hcl2; the orchestrator must get python-hcl2 8.x."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    import hcl2
+
+    python_hcl2 = distribution("python-hcl2")
+    owned_files = {str(python_hcl2.locate_file(f)) for f in python_hcl2.files}
+    assert python_hcl2.version.startswith("8.")
+    assert hcl2.__file__ in owned_files
+    with pytest.raises(PackageNotFoundError):
+        distribution("bc-python-hcl2")
+    # python-hcl2 8.x keeps the quotes of block labels; the other package strips them.
+    assert list(hcl2.loads('variable "x" {}\n')["variable"][0]) == ['"x"']

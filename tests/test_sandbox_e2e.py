@@ -207,3 +207,50 @@ def test_plan_file_and_json_are_private(first_apply, sandbox_repo):
     assert runs, "no plan artefacts were kept"
     for path in runs:
         assert oct(path.stat().st_mode & 0o777) == oct(0o600), path
+
+
+def test_apply_uses_saved_plan_and_replans_dependents(first_apply, sandbox_repo):
+    deployment = sandbox_repo / "Accounts" / "staging" / "payments.tfvars"
+    deployment.write_text(deployment.read_text().replace("tags = {", 'tags = {\n  Reviewed = "yes"', 1))
+
+    code, output = run_cli(sandbox_repo, "plan", "--deployment", "staging/payments", "--sandbox")
+    assert code == 0, output
+    code, output = run_cli(sandbox_repo, "apply", "--deployment", "staging/payments", "--sandbox")
+    shards = {s["shard_id"]: s for s in report_of(output, sandbox_repo)["shards"]}
+
+    assert code == 0, output
+    assert shards["staging/payments/kms"]["status"] == "applied"
+    assert shards["staging/payments/kms"]["used_saved_plan"] is True
+    assert [c["command"] for c in shards["staging/payments/kms"]["commands"]] == ["terraform apply"]
+    # The bucket shard's saved plan predates the key's apply, so it is planned again.
+    assert shards["staging/payments/s3"]["status"] == "applied"
+    assert shards["staging/payments/s3"]["used_saved_plan"] is False
+    assert [c["command"] for c in shards["staging/payments/s3"]["commands"]] == ["terraform plan", "terraform show", "terraform apply"]
+
+
+def test_each_shard_has_its_own_log(first_apply, sandbox_repo):
+    _, _, report = first_apply
+    for shard in report["shards"]:
+        log = Path(shard["log_file"]).read_text()
+        assert "plan -input=false -no-color" in log, shard["shard_id"]
+        assert "apply -input=false -no-color" in log, shard["shard_id"]
+        assert "aws_secret_access_key" not in log
+
+
+def test_dynamodb_lock_table_option(first_apply, sandbox_repo, tmp_path):
+    repo = copy_template(tmp_path / "dynamodb-repo")
+    settings_text = (sandbox_repo / "orchestrator.toml").read_text() + '\n[state]\nlock = "dynamodb"\n'
+    (repo / "orchestrator.toml").write_text(settings_text)
+
+    code, output = run_cli(repo, "plan", "--deployment", "prod/payments/kms", "--sandbox")
+    settings = load_settings(repo)
+    backend = json.loads((repo / ".orchestrator/shards/prod/payments/kms/orchestrator_backend.tf.json").read_text())
+
+    assert code == 0, output
+    assert report_of(output, repo)["shards"][0]["status"] == "no changes"
+    assert backend["terraform"]["backend"]["s3"]["dynamodb_table"] == settings.state.dynamodb_table
+    assert "use_lockfile" not in backend["terraform"]["backend"]["s3"]
+    target = AwsTarget(endpoint=settings.sandbox.endpoint)
+    state = assume_role(base_credentials(target), settings.state.role_arn, "e2e-check", "eu-west-1", target)
+    tables = aws_client("dynamodb", state, settings.audit.region, target).list_tables()["TableNames"]
+    assert settings.state.dynamodb_table in tables

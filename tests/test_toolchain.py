@@ -53,7 +53,7 @@ def test_configured_mirror_relative_to_repo(tmp_path):
 
 
 def test_broken_configured_mirror_is_clear(tmp_path):
-    with pytest.raises(ConfigurationError, match="holds no provider"):
+    with pytest.raises(ConfigurationError, match="contains no provider"):
         detect_mirror(str(tmp_path / "nothing"), tmp_path, home=tmp_path)
 
 
