@@ -13,12 +13,12 @@ from invoke import Collection, Exit, task
 
 SELECTION_HELP = {
     "all": "every shard of the repository",
-    "changed_files": "changed paths or globs (repeat the flag, or separate with commas or spaces)",
-    "since": "shards affected by changes since this git ref",
-    "deployment": "deployment (account/name) or shard (account/name/service); repeatable",
-    "account": "only this account; repeatable",
-    "service": "only this service; repeatable",
-    "region": "only this region; repeatable",
+    "changed_files": "PATH: changed paths or globs (repeat the flag, or separate with commas or spaces)",
+    "since": "GIT_REF: shards affected by changes since this commit, branch or tag",
+    "deployment": "ID: deployment (account/name) or shard (account/name/service); repeatable",
+    "account": "NAME: only this account; repeatable",
+    "service": "NAME: only this service; repeatable",
+    "region": "REGION: only this region; repeatable",
 }
 SELECTION_LISTS = ["changed_files", "deployment", "account", "service", "region"]
 
@@ -43,7 +43,7 @@ def _call(argv: list[str]) -> None:
         raise Exit(code=code)
 
 
-@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "detailed_exitcode": "exit 2 when there are changes"})
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "detailed_exitcode": "exit 2 when there are changes"})
 def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", detailed_exitcode=False):
     """Validate, then plan the selected shards in parallel."""
     argv = ["plan", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
@@ -54,7 +54,7 @@ def plan(c, all=False, changed_files=None, since=None, deployment=None, account=
     _call(argv)
 
 
-@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file"})
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file"})
 def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json=""):
     """Apply the selected shards: saved plans when still current, otherwise plan first."""
     argv = ["apply", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
@@ -64,13 +64,13 @@ def apply(c, all=False, changed_files=None, since=None, deployment=None, account
     _call(argv)
 
 
-@task(help={"json": "write the diagnostics as JSON to this file"})
+@task(auto_shortflags=False, help={"json": "write the diagnostics as JSON to this file"})
 def validate(c, json=""):
     """Check every deployment file without any cloud access."""
     _call(["validate", *(["--json", json] if json else [])])
 
 
-@task(iterable=SELECTION_LISTS, help={**SELECTION_HELP, "json": "print JSON"})
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "json": "print JSON"})
 def shards(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, json=False):
     """List shards with their account, region and state key."""
     argv = ["shards", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]

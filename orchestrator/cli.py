@@ -28,6 +28,7 @@ from .sandbox import SandboxError
 from .selection import SelectionRequest, select_shards
 from .settings import SETTINGS_FILE_NAME, Settings, load_settings
 from .terraform import TerraformError
+from .validation import validation_warnings
 
 logger = logging.getLogger("orchestrator")
 
@@ -60,6 +61,10 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _selection(arguments: argparse.Namespace) -> SelectionRequest:
+    for flag in ("changed_files", "deployment", "account", "service", "region"):
+        given = getattr(arguments, flag)
+        if given is not None and not _split_values(given):
+            raise SelectionError(f"--{flag.replace('_', '-')} was given without a value; pass at least one")
     return SelectionRequest(
         all=arguments.all,
         changed_files=_split_values(arguments.changed_files),
@@ -71,11 +76,22 @@ def _selection(arguments: argparse.Namespace) -> SelectionRequest:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with the configuration-error code, not 2.
+
+    argparse exits with 2 by default, which would read as "changes present" in CI.
+    """
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIGURATION_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description="Plan and apply Terraform shards across AWS accounts and regions.")
+    parser = _Parser(prog="orchestrator", description="Plan and apply Terraform shards across AWS accounts and regions.")
     parser.add_argument("--repo", type=Path, default=None, help="repository root (default: found from the current folder)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     for name, help_text in (("plan", "validate, then plan the selected shards in parallel"), ("apply", "apply the selected shards (saved plans when still current)")):
         command = commands.add_parser(name, help=help_text)
@@ -139,6 +155,8 @@ def _run(arguments: argparse.Namespace) -> int:
 def _validate(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     inventory = load_and_validate(settings)
+    for warning in validation_warnings(inventory):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"valid: {len(inventory.deployments)} deployment file(s), {len(inventory.shards)} shard(s), {len(inventory.accounts)} account(s)")
     if arguments.json_report:
         arguments.json_report.write_text(json.dumps({"valid": True, "diagnostics": []}, indent=2), encoding="utf-8")
@@ -154,6 +172,9 @@ def _shards(arguments: argparse.Namespace) -> int:
     if not (request.all or request.by_change or request.deployments or request.accounts or request.services or request.regions):
         request.all = True
     shards = select_shards(inventory, settings, request)
+    if not shards and request.by_change:
+        print(f"No shard is affected by {request.describe()}.", file=sys.stderr)
+        return EXIT_OK
     rows = [{"shard": s.id, "account": s.account.name, "account_id": s.account_id, "region": s.region, "service": s.service.name, "project": s.project, "state_key": s.state_key} for s in shards]
     if arguments.json:
         print(json.dumps(rows, indent=2))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import botocore.credentials
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -67,17 +68,25 @@ class TemporaryCredentials:
 _CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
 
 
-def base_credentials(target: AwsTarget) -> TemporaryCredentials:
-    """Resolve the identity that assumes every other role."""
+def base_credentials(target: AwsTarget, instance_metadata: bool = False) -> TemporaryCredentials:
+    """Resolve the identity that assumes every other role.
+
+    boto3's usual chain is used (environment, profiles, SSO, OIDC web identity, containers),
+    except the EC2 instance metadata endpoint unless ``instance_metadata`` is set: a runner
+    that is not on EC2 would otherwise send requests to a link-local address.
+    """
     if target.is_sandbox:
         return TemporaryCredentials(SANDBOX_ACCESS_KEY_ID, SANDBOX_SECRET_ACCESS_KEY, None)
 
-    resolved = boto3.Session().get_credentials()
+    resolver = botocore.credentials.create_credential_resolver(botocore.session.Session())
+    if not instance_metadata:
+        resolver.remove("iam-role")
+    resolved = resolver.load_credentials()
     if resolved is None:
         raise CredentialsError(
             "no AWS credentials found for the base identity; in CI configure OIDC role assumption "
             "(AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), locally log in with aws sso login or "
-            "set a profile, or use --sandbox"
+            "set a profile, on EC2 set credentials.instance_metadata = true in orchestrator.toml, or use --sandbox"
         )
     frozen = resolved.get_frozen_credentials()
     return TemporaryCredentials(frozen.access_key, frozen.secret_key, frozen.token)
@@ -144,8 +153,9 @@ def write_private_file(path: Path, text: str) -> None:
 class CredentialBroker:
     """Assume each account's deploy role once per run and hand out credentials files."""
 
-    def __init__(self, target: AwsTarget, state_role_arn: str, run_id: str, directory: Path, sts_region: str):
+    def __init__(self, target: AwsTarget, state_role_arn: str, run_id: str, directory: Path, sts_region: str, instance_metadata: bool = False):
         self.target = target
+        self.instance_metadata = instance_metadata
         self.state_role_arn = state_role_arn
         self.session_name = role_session_name(run_id)
         self.directory = directory
@@ -157,7 +167,7 @@ class CredentialBroker:
 
     def base(self) -> TemporaryCredentials:
         if self._base is None:
-            self._base = base_credentials(self.target)
+            self._base = base_credentials(self.target, self.instance_metadata)
         return self._base
 
     def state_credentials(self) -> TemporaryCredentials:

@@ -60,6 +60,7 @@ class Service:
     module_dir: Path
     description: str = ""
     value_schema: dict | None = field(default=None, compare=False, hash=False)
+    references: tuple[dict, ...] = field(default=(), compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ def load_services(settings: Settings) -> dict[str, Service]:
             module_dir=module_dir,
             description=data.get("description", ""),
             value_schema=value_schema,
+            references=tuple(data.get("references", [])),
         )
 
     _check_service_graph(services)

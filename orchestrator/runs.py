@@ -39,7 +39,7 @@ from .settings import Settings
 from .shard_pipeline import APPLIED, INTERRUPTED, NO_CHANGES, PLANNED, STATUS_FAILED, STATUS_SKIPPED, WAITING, RunContext, ShardPipeline, ShardResult
 from .terraform import INTERRUPT_GRACE_SECONDS, BackendMissing, ProcessRegistry
 from .toolchain import prepare_toolchain
-from .validation import validate_inventory
+from .validation import validate_inventory, validation_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def new_run_id() -> str:
 def load_and_validate(settings: Settings) -> Inventory:
     """Discover the repository and raise ValidationFailed with every problem found."""
     inventory = discover(settings)
-    diagnostics = validate_inventory(inventory)
+    diagnostics = validate_inventory(inventory, settings.repo_root)
     if diagnostics:
         raise ValidationFailed(diagnostics)
     return inventory
@@ -186,6 +186,8 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     """Run plan or apply for the selected shards and return the report."""
     stream = options.stream or sys.stderr
     inventory = load_and_validate(settings)
+    for warning in validation_warnings(inventory):
+        stream.write(f"warning: {warning}\n")
     shards = select_shards(inventory, settings, request)
     report = RunReport(run_id=new_run_id(), action=options.action, selection=request.describe(), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if not shards:
@@ -212,7 +214,7 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     aws_config_file.write_text("", encoding="utf-8")
 
     sts_region = shards[0].account.default_region
-    broker = CredentialBroker(target, settings.state.role_arn, report.run_id, secrets_dir, sts_region)
+    broker = CredentialBroker(target, settings.state.role_arn, report.run_id, secrets_dir, sts_region, settings.credentials.instance_metadata)
     registry = ProcessRegistry()
     workers = options.workers or settings.terraform.workers
     started = time.monotonic()

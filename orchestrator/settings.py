@@ -44,6 +44,9 @@ DEFAULTS: dict = {
         "port": 5480,
         "latency_ms": 0,
     },
+    "credentials": {
+        "instance_metadata": False,
+    },
     "paths": {
         "accounts": "Accounts",
         "modules": "modules",
@@ -98,6 +101,11 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class CredentialSettings:
+    instance_metadata: bool
+
+
+@dataclass(frozen=True)
 class PathSettings:
     accounts: str
     modules: str
@@ -112,6 +120,7 @@ class Settings:
     state: StateSettings
     audit: AuditSettings
     sandbox: SandboxSettings
+    credentials: CredentialSettings
     paths: PathSettings
 
     @property
@@ -178,5 +187,6 @@ def load_settings(repo_root: Path, overrides: dict | None = None) -> Settings:
         state=StateSettings(**merged["state"]),
         audit=AuditSettings(**merged["audit"]),
         sandbox=SandboxSettings(**merged["sandbox"]),
+        credentials=CredentialSettings(**merged["credentials"]),
         paths=PathSettings(**merged["paths"]),
     )

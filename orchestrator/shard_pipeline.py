@@ -216,7 +216,14 @@ class ShardPipeline:
         try:
             self._init(workspace)
             prerequisite_changed = any(isinstance(o.value, ShardResult) and o.value.status == APPLIED for o in prerequisites.values())
-            pending = sorted(shard_id for shard_id, o in prerequisites.items() if isinstance(o.value, ShardResult) and o.value.status == PLANNED)
+            # A planned dependent is flagged only for prerequisites of its own deployment file:
+            # those are the ones it is written against, while other files of the account merely
+            # come first in the schedule.
+            same_file = f"{self.shard.deployment.id}/"
+            pending = sorted(
+                shard_id for shard_id, o in prerequisites.items()
+                if shard_id.startswith(same_file) and isinstance(o.value, ShardResult) and o.value.status == PLANNED
+            )
 
             if context.action == "apply":
                 saved = None if prerequisite_changed else self._usable_saved_plan(workspace)

@@ -12,6 +12,7 @@ import difflib
 import jsonschema
 
 from .discovery import COMMON_KEYS, Inventory, Shard
+from .references import check_references
 from .tfvars import Diagnostic
 
 
@@ -91,11 +92,59 @@ def check_service_values(inventory: Inventory) -> list[Diagnostic]:
     return diagnostics
 
 
-def validate_inventory(inventory: Inventory) -> list[Diagnostic]:
+def check_packages(inventory: Inventory) -> list[Diagnostic]:
+    """Warn about entries of a packaged map without a source folder: their shard cannot be planned.
+
+    A warning, not an error: the file is valid for Terraform, and the shard fails on its own
+    with the same message while the other shards go on.
+    """
+    diagnostics = []
+    for shard in inventory.shards:
+        for package in shard.service.packages:
+            entries = shard.values.get(package.key)
+            if not isinstance(entries, dict):
+                continue
+            for name, entry in entries.items():
+                if isinstance(entry, dict) and entry.get(package.source_field):
+                    continue
+                position = shard.deployment.document.position_of((package.key, name))
+                diagnostics.append(Diagnostic(
+                    shard.deployment.path, position.line, position.column,
+                    f"{package.key}.{name}: {package.source_field} is missing; the {shard.service.name} service packages that folder "
+                    "before plan, so set it to the folder of the source, relative to the repository root",
+                ))
+    return diagnostics
+
+
+def check_file_references(inventory: Inventory, repo_root) -> list[Diagnostic]:
+    """Check the files each deployment file names: present, inside the repo, valid policy JSON."""
+    diagnostics = []
+    for deployment in inventory.deployments:
+        references = [ref for service in inventory.services.values() for ref in service.references]
+        diagnostics += check_references(deployment.document, deployment.path, references, repo_root)
+    return diagnostics
+
+
+def validation_warnings(inventory: Inventory) -> list[Diagnostic]:
+    """Return problems that do not stop a run: duplicate object keys, files that deploy nothing, unpackaged functions."""
+    warnings = []
+    for deployment in inventory.deployments:
+        warnings += [Diagnostic(deployment.path, w.line, w.column, w.message) for w in getattr(deployment.document, "warnings", [])]
+    with_shards = {shard.deployment.path for shard in inventory.shards}
+    for deployment in inventory.deployments:
+        if deployment.path not in with_shards:
+            warnings.append(Diagnostic(deployment.path, 1, 1, "sets no service key, so it deploys nothing; add a service key such as s3_buckets, or remove the file"))
+    warnings += check_packages(inventory)
+    return sorted(warnings, key=lambda d: (d.path, d.line, d.column))
+
+
+def validate_inventory(inventory: Inventory, repo_root=None) -> list[Diagnostic]:
     """Return every problem of the inventory, discovery's own included, in file order."""
     diagnostics = list(inventory.diagnostics)
     diagnostics += check_routing(inventory)
     diagnostics += check_state_key_collisions(inventory)
     diagnostics += check_service_values(inventory)
+    if repo_root is not None:
+        diagnostics += check_file_references(inventory, repo_root)
     unique = {(d.path, d.line, d.column, d.message): d for d in diagnostics}
     return sorted(unique.values(), key=lambda d: (d.path, d.line, d.column))

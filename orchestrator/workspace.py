@@ -121,7 +121,8 @@ def _build_packages(shard: Shard, repo_root: Path, directory: Path) -> None:
         entries = shard.values.get(package.key) or {}
         for name, entry in entries.items():
             relative = entry.get(package.source_field) if isinstance(entry, dict) else None
-            where = f"{shard.deployment.path}: {package.key}.{name}.{package.source_field}"
+            position = shard.deployment.document.position_of((package.key, name, package.source_field))
+            where = f"{shard.deployment.path}:{position.line}:{position.column}: {package.key}.{name}.{package.source_field}"
             if not isinstance(relative, str) or not relative:
                 raise PackagingError(f"{where} is missing; set it to the folder of the function's source, relative to the repository root")
             source = (repo_root / relative).resolve()
