@@ -169,6 +169,57 @@ def measure_parallel_vs_sequential(workdir: Path, port: int, latency_ms: int, ac
     return results
 
 
+VALIDATION_FILES = 1000
+VALIDATION_ACCOUNTS = 10
+
+
+def _write_validation_repo(root: Path, files: int, accounts: int) -> Path:
+    """Create a repository with ``files`` deployment files of about 30 lines, spread over accounts."""
+    repo = root / "validation-repo"
+    shutil.copytree(TEMPLATE_ROOT / "modules", repo / "modules", ignore=shutil.ignore_patterns(".terraform"))
+    for account_index in range(accounts):
+        account_id = f"{200000000000 + account_index}"
+        folder = repo / "Accounts" / f"team-{account_index}"
+        folder.mkdir(parents=True)
+        (folder / "account.json").write_text(json.dumps({
+            "name": f"team-{account_index}", "account_id": account_id, "environment": "staging",
+            "regions": ["eu-west-1", "us-east-1"], "default_region": "eu-west-1",
+            "deploy_role_arn": f"arn:aws:iam::{account_id}:role/terraform-deployer",
+        }), encoding="utf-8")
+    for index in range(files):
+        folder = repo / "Accounts" / f"team-{index % accounts}"
+        (folder / f"app-{index}.tfvars").write_text(
+            f'# Application {index}: its key and buckets.\nproject = "app-{index}"\nregion  = "{"eu-west-1" if index % 2 else "us-east-1"}"\n\n'
+            'tags = {\n  Owner      = "team"\n  CostCentre = "CC-1"\n}\n\n'
+            'kms_keys = {\n  data = {\n    description = "Data key"\n    rotation    = true\n  }\n}\n\n'
+            's3_buckets = {\n  raw = {\n    versioning    = true\n    kms_key_alias = "alias/app-data"\n    readers       = ["analytics", "ml"]\n  }\n'
+            '  curated = {\n    versioning     = true\n    lifecycle_days = 365\n  }\n}\n',
+            encoding="utf-8",
+        )
+    return repo
+
+
+def measure_validation(workdir: Path, files: int = VALIDATION_FILES) -> list[Measurement]:
+    """Time discovery, validation and selection of many deployment files, in-process."""
+    from .runs import load_and_validate
+    from .selection import SelectionRequest, select_shards
+
+    repo = _write_validation_repo(workdir, files, VALIDATION_ACCOUNTS)
+    settings = load_settings(repo)
+    timings = []
+    for _ in range(4):
+        started = time.perf_counter()
+        inventory = load_and_validate(settings)
+        select_shards(inventory, settings, SelectionRequest(all=True))
+        timings.append(time.perf_counter() - started)
+    shards = len(inventory.shards)
+    first, rest = timings[0], sorted(timings[1:])
+    return [
+        Measurement("validation-cold", f"discover + validate + select {files} files, first run (parses the modules' variables with python-hcl2)", "orchestrator.runs.load_and_validate + select_shards(--all)", first, 0.0, f"{shards} shards"),
+        Measurement("validation-warm", f"discover + validate + select {files} files, median of 3 later runs", "orchestrator.runs.load_and_validate + select_shards(--all)", rest[1], 0.0, f"{shards} shards; {rest[1] / files * 1000:.2f} ms per file"),
+    ]
+
+
 def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
     cores = os.cpu_count()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -185,6 +236,11 @@ def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
         "",
     ]
     for title, measurements in sections.items():
+        if measurements[0].key.startswith("validation"):
+            lines += [f"## {title}", "", "| variant | wall s | note |", "|---|---:|---|"]
+            lines += [f"| {m.name} | {m.wall_seconds:.3f} | {m.detail} |" for m in measurements]
+            lines += ["", f"Command: `{measurements[0].command}`, in the `invoke bench` process.", ""]
+            continue
         lines += [f"## {title}", "", "| variant | wall s | CPU s (children) | CPU floor s (CPU ÷ cores) | note |", "|---|---:|---:|---:|---|"]
         for m in measurements:
             lines.append(f"| {m.name} | {m.wall_seconds:.1f} | {m.cpu_seconds:.1f} | {m.cpu_seconds / cores:.1f} | {m.detail} |")
@@ -218,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     port = next(p for p in range(5590, 5690) if not _port_in_use(p))
     sections = {}
     with tempfile.TemporaryDirectory(prefix="tdo-bench-") as scratch:
+        title = f"Overhead: validation of {VALIDATION_FILES} deployment files"
+        print(f"measuring: {title}", file=sys.stderr)
+        sections[title] = measure_validation(Path(scratch))
         for latency in ([0] if arguments.quick else [0, 50]):
             title = f"Parallel against sequential: {arguments.accounts} accounts, {BUCKETS_PER_ACCOUNT} buckets each, {latency} ms injected latency per request"
             print(f"measuring: {title}", file=sys.stderr)
