@@ -47,6 +47,13 @@ DEFAULTS: dict = {
     "credentials": {
         "instance_metadata": False,
     },
+    "policy": {
+        "opa": True,
+        "opa_engine": "auto",
+        "checkov": True,
+        "checkov_skip": [],
+        "checkov_soft_fail": [],
+    },
     "paths": {
         "accounts": "Accounts",
         "modules": "modules",
@@ -106,6 +113,15 @@ class CredentialSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    opa: bool
+    opa_engine: str
+    checkov: bool
+    checkov_skip: list
+    checkov_soft_fail: list
+
+
+@dataclass(frozen=True)
 class PathSettings:
     accounts: str
     modules: str
@@ -121,6 +137,7 @@ class Settings:
     audit: AuditSettings
     sandbox: SandboxSettings
     credentials: CredentialSettings
+    policy: PolicySettings
     paths: PathSettings
 
     @property
@@ -188,5 +205,6 @@ def load_settings(repo_root: Path, overrides: dict | None = None) -> Settings:
         audit=AuditSettings(**merged["audit"]),
         sandbox=SandboxSettings(**merged["sandbox"]),
         credentials=CredentialSettings(**merged["credentials"]),
+        policy=PolicySettings(**merged["policy"]),
         paths=PathSettings(**merged["paths"]),
     )
