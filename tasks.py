@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -99,6 +100,11 @@ def sandbox_status(c, port=0):
 @task(help={"fast": "skip the tests that run real Terraform", "pytest_args": "extra arguments for pytest"})
 def test(c, fast=False, pytest_args=""):
     """Run the test suite (real Terraform against a sandbox of its own)."""
+    from orchestrator.policy.checkov import ensure_checkov
+    from orchestrator.settings import load_settings
+
+    # Checkov gets an environment of its own: its bc-python-hcl2 would replace python-hcl2 here.
+    ensure_checkov(load_settings(Path(__file__).resolve().parent).tools_dir)
     argv = [sys.executable, "-m", "pytest", "-ra"]
     argv += ["-m", "not terraform"] if fast else []
     argv += pytest_args.split() if pytest_args else []

@@ -53,7 +53,10 @@ def _write_bench_repo(root: Path, port: int, latency_ms: int, accounts: int) -> 
     """Create a repository with ``accounts`` accounts, each with one deployment of S3 buckets."""
     repo = root / "repo"
     shutil.copytree(TEMPLATE_ROOT / "modules", repo / "modules", ignore=shutil.ignore_patterns(".terraform"))
-    (repo / "orchestrator.toml").write_text(f"[sandbox]\nport = {port}\nlatency_ms = {latency_ms}\n", encoding="utf-8")
+    shutil.copytree(TEMPLATE_ROOT / "policies", repo / "policies")
+    # The template's policy settings (Checkov skip and soft-fail lists) apply to the bench too.
+    template_settings = (TEMPLATE_ROOT / "orchestrator.toml").read_text(encoding="utf-8")
+    (repo / "orchestrator.toml").write_text(f"{template_settings}\n[sandbox]\nport = {port}\nlatency_ms = {latency_ms}\n", encoding="utf-8")
     for index in range(1, accounts + 1):
         account_id = f"{100000000000 + index}"
         folder = repo / "Accounts" / f"bench-{index}"

@@ -36,7 +36,22 @@ from .progress import Progress
 from .scheduler import Outcome, run_graph
 from .selection import SelectionRequest, select_shards, shard_dependencies
 from .settings import Settings
-from .shard_pipeline import APPLIED, INTERRUPTED, NO_CHANGES, PLANNED, STATUS_FAILED, STATUS_SKIPPED, WAITING, RunContext, ShardPipeline, ShardResult
+from .policy.batching import CheckovBatcher
+from .policy.stage import PolicyStage, PolicyVerdict
+from .shard_pipeline import (
+    APPLIED,
+    INTERRUPTED,
+    NO_CHANGES,
+    PLANNED,
+    STATUS_FAILED,
+    STATUS_SKIPPED,
+    WAITING,
+    RunContext,
+    ShardPipeline,
+    ShardResult,
+    policy_metadata,
+    record_plan_policy,
+)
 from .terraform import INTERRUPT_GRACE_SECONDS, BackendMissing, ProcessRegistry
 from .toolchain import prepare_toolchain
 from .validation import validate_inventory, validation_warnings
@@ -200,6 +215,10 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     toolchain = prepare_toolchain(settings.terraform.binary, settings.terraform.provider_mirror, settings.repo_root, settings.work_dir)
     report.terraform = f"{Path(toolchain.binary).name} {toolchain.version}"
 
+    policy_stage = None
+    if settings.policy.opa or settings.policy.checkov:
+        policy_stage = PolicyStage(settings.policies_dir, settings.tools_dir, settings.policy)
+
     target = AwsTarget()
     if options.sandbox:
         status = sandbox_module.up(settings)
@@ -235,6 +254,8 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
                 base_environment=base_environment(options.sandbox),
                 aws_config_file=aws_config_file,
                 on_phase=progress.phase,
+                policy_stage=policy_stage,
+                checkov_batcher=CheckovBatcher(policy_stage.scan_checkov) if policy_stage and settings.policy.checkov and options.action == "apply" else None,
             )
             by_id = {shard.id: shard for shard in shards}
 
@@ -249,6 +270,8 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
                 progress.finished(shard_id, STATUS_SKIPPED if not registry.cancelled.is_set() else INTERRUPTED, outcome.detail)
 
             outcomes = run_graph([s.id for s in shards], shard_dependencies(shards), work, workers, registry.cancelled, on_skip=skipped)
+            if options.action == "plan" and policy_stage is not None and not registry.cancelled.is_set():
+                check_plan_policies(shards, outcomes, policy_stage, settings, progress)
     finally:
         broker.remove_files()
 
@@ -269,6 +292,31 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
         write_report(report, options.json_report)
     _point_latest(settings.work_dir / "runs", report.run_id)
     return report
+
+
+def check_plan_policies(shards: list[Shard], outcomes: dict, policy_stage: PolicyStage, settings: Settings, progress: Progress) -> None:
+    """Check every planned shard of a plan run: OPA per shard, one Checkov process for all."""
+    planned = [(shard, outcomes[shard.id].value) for shard in shards if isinstance(outcomes[shard.id].value, ShardResult) and outcomes[shard.id].value.status == PLANNED]
+    if not planned:
+        return
+    progress.note(f"policy: checking {len(planned)} plan(s)")
+    checkov_results: dict = {}
+    checkov_error = None
+    if settings.policy.checkov:
+        try:
+            checkov_results = policy_stage.scan_checkov({result.shard_id: Path(result.plan_json_file) for _, result in planned})
+        except Exception as error:  # noqa: BLE001 - reported as every shard's policy error, never a pass
+            checkov_error = f"Checkov: {error}"
+
+    for shard, result in planned:
+        verdict = PolicyVerdict()
+        policy_stage.evaluate_opa(Path(result.plan_json_file), policy_metadata(shard), verdict)
+        if checkov_error:
+            verdict.errors.append(checkov_error)
+        elif settings.policy.checkov:
+            policy_stage.record_checkov(checkov_results.get(result.shard_id), verdict)
+        record_plan_policy(settings, shard, result, verdict)
+        progress.note(f"{shard.id:<40} policy {verdict.status}" + (f": {len(verdict.failures)} failure(s)" if verdict.failures else ""))
 
 
 def write_report(report: RunReport, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +19,7 @@ import jsonschema
 from .errors import ConfigurationError
 
 SETTINGS_FILE_NAME = "orchestrator.toml"
+TOOLS_DIR_ENVIRONMENT_VARIABLE = "ORCHESTRATOR_TOOLS_DIR"
 
 DEFAULTS: dict = {
     "terraform": {
@@ -53,6 +55,7 @@ DEFAULTS: dict = {
         "checkov": True,
         "checkov_skip": [],
         "checkov_soft_fail": [],
+        "checkov_severity_threshold": "",
     },
     "paths": {
         "accounts": "Accounts",
@@ -119,6 +122,7 @@ class PolicySettings:
     checkov: bool
     checkov_skip: list
     checkov_soft_fail: list
+    checkov_severity_threshold: str
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,12 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.repo_root / self.paths.work
+
+    @property
+    def tools_dir(self) -> Path:
+        """Folder of tool environments (Checkov); ORCHESTRATOR_TOOLS_DIR shares one between checkouts."""
+        configured = os.environ.get(TOOLS_DIR_ENVIRONMENT_VARIABLE)
+        return Path(configured) if configured else self.work_dir / "tools"
 
 
 def _merge(defaults: dict, overrides: dict) -> dict:

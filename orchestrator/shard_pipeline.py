@@ -24,6 +24,8 @@ from .credentials import AwsTarget, CredentialBroker
 from .discovery import Shard
 from .errors import OrchestratorError
 from .plan_summary import ChangeCounts, count_changes
+from .policy.batching import CheckovBatcher
+from .policy.stage import PolicyFailed, PolicyStage, PolicyVerdict
 from .redaction import Redactor
 from .scheduler import FAILED, SKIPPED, SUCCEEDED, Outcome
 from .settings import Settings
@@ -78,6 +80,7 @@ class ShardResult:
     plan_json_file: str = ""
     used_saved_plan: bool = False
     has_changes: bool = False
+    policy: dict = field(default_factory=dict)
 
     @classmethod
     def for_shard(cls, shard: Shard) -> "ShardResult":
@@ -113,7 +116,23 @@ class RunContext:
     base_environment: dict[str, str]
     aws_config_file: Path
     on_phase: Callable[[str, str], None]
+    policy_stage: PolicyStage | None = None
+    checkov_batcher: CheckovBatcher | None = None
     init_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def policy_metadata(shard: Shard) -> dict:
+    """Return the shard facts policies see under ``input.orchestrator``."""
+    return {
+        "shard": shard.id,
+        "account": shard.account.name,
+        "account_id": shard.account_id,
+        "environment": shard.environment,
+        "region": shard.region,
+        "service": shard.service.name,
+        "project": shard.project,
+        "deployment_file": shard.deployment.path,
+    }
 
 
 def shard_environment(context: RunContext, credentials_file: Path) -> dict[str, str]:
@@ -152,6 +171,8 @@ class ShardPipeline:
         self.artefacts.mkdir(parents=True, exist_ok=True)
         log_path = self.artefacts / "terraform.log"
         self.result.log_file = str(log_path)
+        if self.context.checkov_batcher is not None:
+            self.context.checkov_batcher.enter()
         try:
             with open(log_path, "a", encoding="utf-8") as self._log_handle:
                 self._run(prerequisites)
@@ -168,6 +189,8 @@ class ShardPipeline:
             self.result.status = STATUS_FAILED
             self.result.error = f"internal error: {type(error).__name__}: {error}"
         finally:
+            if self.context.checkov_batcher is not None:
+                self.context.checkov_batcher.leave()
             self.result.duration = time.monotonic() - started
 
         if self.result.status in (NO_CHANGES, PLANNED, APPLIED, WAITING):
@@ -229,8 +252,9 @@ class ShardPipeline:
                 saved = None if prerequisite_changed else self._usable_saved_plan(workspace)
                 if saved is not None:
                     self.result.used_saved_plan = True
-                    self.result.notes.append(f"applied the saved plan of run {saved['run_id']}")
+                    self.result.notes.append(f"applied the saved plan of run {saved['run_id']}, whose policy checks passed")
                     self.result.counts = ChangeCounts(**saved["counts"])
+                    self.result.policy = saved.get("policy", {})
                     self.result.has_changes = True
                     try:
                         self._apply(Path(saved["plan_file"]))
@@ -243,6 +267,7 @@ class ShardPipeline:
                 if plan_file is None:
                     self.result.status = NO_CHANGES
                     return
+                self._check_policies()
                 self._apply(plan_file)
                 return
 
@@ -294,6 +319,24 @@ class ShardPipeline:
         self._save_pointer(workspace, plan_file, self.result.counts)
         return plan_file
 
+    def _check_policies(self) -> None:
+        """Run OPA and the Checkov batch on this shard's plan; raise PolicyFailed when it does not pass."""
+        stage = self.context.policy_stage
+        if stage is None:
+            return
+        self._phase("policy")
+        verdict = PolicyVerdict()
+        plan_json = Path(self.result.plan_json_file)
+        stage.evaluate_opa(plan_json, policy_metadata(self.shard), verdict)
+        if self.context.checkov_batcher is not None:
+            try:
+                stage.record_checkov(self.context.checkov_batcher.submit(self.shard.id, plan_json), verdict)
+            except Exception as error:  # noqa: BLE001 - a Checkov failure fails the shard, never passes it
+                verdict.errors.append(f"Checkov: {error}")
+        self.result.policy = verdict.as_dict()
+        if not verdict.passed:
+            raise PolicyFailed(verdict.describe())
+
     def _apply(self, plan_file: Path) -> None:
         self._phase("apply")
         result = self.runner.run(apply_argv(self.context.toolchain.binary, str(plan_file), self.context.settings.terraform.lock_timeout))
@@ -314,6 +357,7 @@ class ShardPipeline:
             "inputs_digest": workspace.inputs_digest,
             "counts": counts.as_dict() if counts else {},
             "created": time.time(),
+            "policy": self.result.policy,
         }
         pointer.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
@@ -327,5 +371,20 @@ class ShardPipeline:
             return None
         if record.get("inputs_digest") != workspace.inputs_digest or not Path(record.get("plan_file", "")).exists():
             return None
+        # A saved plan is applied as it is only when the plan run's policy stage passed it.
+        if self.context.policy_stage is not None and record.get("policy", {}).get("status") not in ("passed", "passed with warnings"):
+            return None
         return record
 
+
+def record_plan_policy(settings: Settings, shard: Shard, result: ShardResult, verdict: PolicyVerdict) -> None:
+    """Store a plan run's policy verdict with the shard's result and its saved plan."""
+    result.policy = verdict.as_dict()
+    pointer = shard_directory(settings, shard) / SAVED_PLAN_POINTER
+    if pointer.exists():
+        record = json.loads(pointer.read_text(encoding="utf-8"))
+        record["policy"] = result.policy
+        pointer.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    if not verdict.passed:
+        result.status = STATUS_FAILED
+        result.error = verdict.describe()

@@ -13,6 +13,10 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = PROJECT_ROOT.parent / "shared" / "cases"
 
+# Every test repository shares the Checkov environment that invoke test sets up, instead of
+# installing its own (about 30 s each). Set at import because module fixtures run early.
+os.environ.setdefault("ORCHESTRATOR_TOOLS_DIR", str(PROJECT_ROOT / ".orchestrator" / "tools"))
+
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path_factory, monkeypatch):
@@ -43,6 +47,13 @@ def copy_template(destination: Path) -> Path:
 def template_repo(tmp_path) -> Path:
     """A copy of the template repository in a temporary folder."""
     return copy_template(tmp_path / "repo")
+
+
+def write_settings(repo: Path, extra: str) -> None:
+    """Append ``extra`` TOML to the repository's settings, keeping the template's policy lists."""
+    settings = repo / "orchestrator.toml"
+    existing = settings.read_text() if settings.exists() else ""
+    settings.write_text(existing + "\n" + extra + "\n")
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from orchestrator.credentials import AwsTarget, assume_role, aws_client, base_cr
 from orchestrator.discovery import discover
 from orchestrator.settings import load_settings
 
-from conftest import copy_template, free_port
+from conftest import copy_template, free_port, write_settings
 
 pytestmark = pytest.mark.terraform
 
@@ -43,7 +43,7 @@ def report_of(output: str, repo: Path) -> dict:
 def sandbox_repo(tmp_path_factory):
     repo = copy_template(tmp_path_factory.mktemp("e2e") / "repo")
     port = free_port()
-    (repo / "orchestrator.toml").write_text(f"[sandbox]\nport = {port}\n")
+    write_settings(repo, f"[sandbox]\nport = {port}")
     settings = load_settings(repo)
     sandbox.up(settings)
     yield repo
@@ -239,8 +239,7 @@ def test_each_shard_has_its_own_log(first_apply, sandbox_repo):
 
 def test_dynamodb_lock_table_option(first_apply, sandbox_repo, tmp_path):
     repo = copy_template(tmp_path / "dynamodb-repo")
-    settings_text = (sandbox_repo / "orchestrator.toml").read_text() + '\n[state]\nlock = "dynamodb"\n'
-    (repo / "orchestrator.toml").write_text(settings_text)
+    (repo / "orchestrator.toml").write_text((sandbox_repo / "orchestrator.toml").read_text() + '\n[state]\nlock = "dynamodb"\n')
 
     code, output = run_cli(repo, "plan", "--deployment", "prod/payments/kms", "--sandbox")
     settings = load_settings(repo)
