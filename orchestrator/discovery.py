@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from lark.exceptions import LarkError
 from .errors import ConfigurationError
 from .settings import Settings, load_schema
 from .tfvars import Diagnostic, TfvarsDocument, TfvarsSyntaxError, load_tfvars
+
+logger = logging.getLogger(__name__)
 
 ACCOUNT_FILE_NAME = "account.json"
 SERVICE_FILE_NAME = "service.json"
@@ -248,13 +252,18 @@ def load_services(settings: Settings) -> dict[str, Service]:
     return services
 
 
+_VARIABLE_BLOCK = re.compile(r'^\s*variable\s+"([^"]+)"\s*\{', re.MULTILINE)
+
+
 def _variables_in_file(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = hcl2.load(handle)
-    except (LarkError, UnicodeDecodeError, ValueError) as error:
-        # python-hcl2 rejects some files Terraform accepts; Terraform reports real errors at init.
-        raise ConfigurationError(f"{path}: could not read the module's variables ({type(error).__name__}); run terraform validate in {path.parent} to see whether Terraform accepts it") from error
+        document = hcl2.loads(text)
+    except (LarkError, ValueError) as error:
+        # python-hcl2 rejects some files Terraform accepts, and Terraform is the reference: fall
+        # back to the block headers, and leave real syntax errors to terraform init.
+        logger.debug("python-hcl2 could not parse %s (%s); reading variable blocks by their headers", path, error)
+        return sorted(set(_VARIABLE_BLOCK.findall(text)))
     return sorted(name.strip('"') for block in document.get("variable", []) for name in block)
 
 

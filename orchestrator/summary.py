@@ -6,7 +6,7 @@ from tabulate import tabulate
 
 from .runs import RunReport
 
-HEADERS = ["shard", "account", "region", "service", "add", "change", "destroy", "result", "duration"]
+HEADERS = ["shard", "account", "region", "service", "add", "change", "destroy", "policy", "result", "duration"]
 
 
 def render_summary(report: RunReport) -> str:
@@ -20,12 +20,13 @@ def render_summary(report: RunReport) -> str:
             result.counts.add,
             result.counts.change,
             result.counts.destroy,
+            result.policy.get("status", "-"),
             result.status,
             f"{result.duration:.1f}s",
         ]
         for result in report.results
     ]
-    lines = [tabulate(rows, headers=HEADERS, tablefmt="simple", colalign=("left", "left", "left", "left", "right", "right", "right", "left", "right"))]
+    lines = [tabulate(rows, headers=HEADERS, tablefmt="simple", colalign=("left", "left", "left", "left", "right", "right", "right", "left", "left", "right"))]
 
     for result in report.results:
         if result.error:

@@ -128,3 +128,16 @@ def test_python_module_and_invoke_reach_same_entry_point(template_repo):
     invoke_rows = json.loads(by_invoke.stdout)
     assert module_rows == invoke_rows
     assert {row["service"] for row in module_rows} >= {"s3", "kms", "iam", "lambda"}
+
+
+def test_validate_json_report_lists_every_error(template_repo, capsys, tmp_path):
+    (template_repo / "Accounts/prod/broken.tfvars").write_text('project = "broken\n')
+    (template_repo / "Accounts/staging/typo.tfvars").write_text('project = "typo"\ns3_bucket = {}\n')
+    report_path = tmp_path / "validation.json"
+    code, _ = run(template_repo, "validate", "--json", str(report_path), capsys=capsys)
+    report = json.loads(report_path.read_text())
+
+    assert code == 3
+    assert report["valid"] is False
+    assert [(d["path"], d["line"]) for d in report["diagnostics"]] == [("Accounts/prod/broken.tfvars", 1), ("Accounts/staging/typo.tfvars", 2)]
+    assert all(d["column"] >= 1 and d["message"] for d in report["diagnostics"])

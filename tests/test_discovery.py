@@ -162,3 +162,12 @@ def test_orchestrator_gets_python_hcl2_8():
         distribution("bc-python-hcl2")
     # python-hcl2 8.x keeps the quotes of block labels; the other package strips them.
     assert list(hcl2.loads('variable "x" {}\n')["variable"][0]) == ['"x"']
+
+
+def test_module_python_hcl2_failure_falls_back(small_repo):
+    # python-hcl2 cannot parse this file (Terraform would reject it at init too); discovery must
+    # still find the variables, so that only Terraform decides whether a module is valid.
+    variables = small_repo / "modules" / "s3" / "variables.tf"
+    variables.write_text(variables.read_text() + 'variable "odd" {\n  default = 1\n}\nlocals { x = [for a in [1] : a if a >] }\n')
+    declared = module_variables(small_repo / "modules" / "s3")
+    assert {"s3_buckets", "odd"} <= declared

@@ -253,3 +253,33 @@ def test_dynamodb_lock_table_option(first_apply, sandbox_repo, tmp_path):
     state = assume_role(base_credentials(target), settings.state.role_arn, "e2e-check", "eu-west-1", target)
     tables = aws_client("dynamodb", state, settings.audit.region, target).list_tables()["TableNames"]
     assert settings.state.dynamodb_table in tables
+
+
+def test_first_apply_checked_policies(first_apply):
+    _, _, report = first_apply
+    for shard in report["shards"]:
+        policy = shard["policy"]
+        assert policy["status"] in ("passed", "passed with warnings"), shard["shard_id"]
+        assert policy["opa_rules"] > 0, shard["shard_id"]
+        assert policy["checkov"]["passed"] > 0, shard["shard_id"]
+
+
+def test_policy_failure_blocks_apply(first_apply, sandbox_repo):
+    deployment = sandbox_repo / "Accounts" / "staging" / "payments.tfvars"
+    original = deployment.read_text()
+    deployment.write_text(original.replace("s3_buckets = {", 's3_buckets = {\n  open = {\n    versioning          = true\n    block_public_access = false\n  }\n', 1))
+    try:
+        code, output = run_cli(sandbox_repo, "apply", "--deployment", "staging/payments/s3", "--sandbox")
+        shard = report_of(output, sandbox_repo)["shards"][0]
+    finally:
+        deployment.write_text(original)
+
+    assert code == 1, output
+    assert shard["status"] == "failed"
+    assert shard["policy"]["status"] == "failed"
+    assert any("public" in failure.lower() for failure in shard["policy"]["failures"]), shard["policy"]
+    assert "terraform apply" not in [c["command"] for c in shard["commands"]]
+    settings = load_settings(sandbox_repo)
+    account = discover(settings).accounts["staging"]
+    names = {b["Name"] for b in account_client(settings, account, "s3", "eu-west-1").list_buckets()["Buckets"]}
+    assert not any(name.startswith("payments-open-") for name in names)
