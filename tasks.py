@@ -44,24 +44,26 @@ def _call(argv: list[str]) -> None:
         raise Exit(code=code)
 
 
-@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "detailed_exitcode": "exit 2 when there are changes"})
-def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", detailed_exitcode=False):
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file", "detailed_exitcode": "exit 2 when there are changes"})
+def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown="", detailed_exitcode=False):
     """Validate, then plan the selected shards in parallel."""
     argv = ["plan", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
     argv += ["--sandbox"] if sandbox else []
     argv += ["--workers", str(workers)] if workers else []
     argv += ["--json", json] if json else []
+    argv += ["--markdown", markdown] if markdown else []
     argv += ["--detailed-exitcode"] if detailed_exitcode else []
     _call(argv)
 
 
-@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file"})
-def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json=""):
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file"})
+def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown=""):
     """Apply the selected shards: saved plans when still current, otherwise plan first."""
     argv = ["apply", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
     argv += ["--sandbox"] if sandbox else []
     argv += ["--workers", str(workers)] if workers else []
     argv += ["--json", json] if json else []
+    argv += ["--markdown", markdown] if markdown else []
     _call(argv)
 
 

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--sandbox", action="store_true", help="run against the embedded AWS sandbox (started when not running)")
         command.add_argument("--workers", type=int, help="shards run at the same time (default: terraform.workers, 5)")
         command.add_argument("--json", type=Path, dest="json_report", help="also write the JSON report to this file")
+        command.add_argument("--markdown", type=Path, dest="markdown_report", help="also write the Markdown report to this file")
         if name == "plan":
             command.add_argument("--detailed-exitcode", action="store_true", help="exit with 2 when any shard has changes")
 
@@ -141,7 +142,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from .summary import render_summary
 
     settings = _settings(arguments)
-    options = RunOptions(action=arguments.command, sandbox=arguments.sandbox, workers=arguments.workers, detailed_exitcode=getattr(arguments, "detailed_exitcode", False), json_report=arguments.json_report)
+    options = RunOptions(action=arguments.command, sandbox=arguments.sandbox, workers=arguments.workers, detailed_exitcode=getattr(arguments, "detailed_exitcode", False), json_report=arguments.json_report, markdown_report=arguments.markdown_report)
     report = execute(settings, _selection(arguments), options)
     if report.results:
         print(render_summary(report))

@@ -76,6 +76,7 @@ class RunOptions:
     workers: int | None = None
     detailed_exitcode: bool = False
     json_report: Path | None = None
+    markdown_report: Path | None = None
     stream: TextIO | None = None
 
 
@@ -290,6 +291,12 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     write_report(report, run_dir / "report.json")
     if options.json_report:
         write_report(report, options.json_report)
+    from .markdown_report import render_markdown
+
+    markdown = render_markdown(report)
+    (run_dir / "report.md").write_text(markdown, encoding="utf-8")
+    if options.markdown_report:
+        options.markdown_report.write_text(markdown, encoding="utf-8")
     _point_latest(settings.work_dir / "runs", report.run_id)
     return report
 
