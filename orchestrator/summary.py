@@ -31,7 +31,9 @@ def render_summary(report: RunReport) -> str:
     for result in report.results:
         if result.error:
             first_lines = "\n    ".join(result.error.splitlines()[:12])
-            lines.append(f"\n{result.shard_id}: {result.status}\n    {first_lines}\n    log: {result.log_file}" if result.log_file else f"\n{result.shard_id}: {result.status}: {first_lines}")
+            lines.append(f"\n{result.shard_id}: {result.status}\n    {first_lines}")
+            if result.log_file:
+                lines.append(f"    log: {result.log_file}")
         for note in result.notes:
             lines.append(f"{result.shard_id}: {note}")
 

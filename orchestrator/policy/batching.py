@@ -1,7 +1,7 @@
 """One Checkov process for many shards: shards wait at a barrier until every running shard is there.
 
 Checkov costs seconds to start, so shards do not start it one by one. A shard that has a plan
-to scan calls ``submit`` and waits; a shard that leaves the pipeline without a plan (no
+to scan calls ``submit`` and waits. A shard that leaves the pipeline without a plan (no
 changes, failure) calls ``leave``. When every shard still in the pipeline is waiting, the
 batch is scanned by one Checkov process and each waiting shard gets its own result. In a plan
 run every shard reaches the barrier in one wave; in an apply run, dependents that start after

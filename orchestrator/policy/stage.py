@@ -23,7 +23,7 @@ class PolicyFailed(OrchestratorError):
 
 @dataclass
 class PolicyVerdict:
-    """What the policy stage found for one shard."""
+    """Findings of the policy stage for one shard."""
 
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
