@@ -230,6 +230,39 @@ def measure_validation(workdir: Path, files: int = VALIDATION_FILES) -> list[Mea
     ]
 
 
+def measure_policy_stage() -> list[Measurement]:
+    """Time OPA per shard and Checkov over the 10 example plans kept as test data."""
+    from .policy.checkov import ensure_checkov, run_checkov
+    from .policy.opa import build_policy_input, load_policies
+
+    plans = sorted((TEMPLATE_ROOT / "tests" / "data" / "plans").glob("*.json"))
+    settings = load_settings(TEMPLATE_ROOT)
+    policy_set = load_policies(TEMPLATE_ROOT / "policies")
+    documents = [json.loads(path.read_text(encoding="utf-8")) for path in plans]
+
+    started = time.perf_counter()
+    for path, plan in zip(plans, documents):
+        account, _, service = path.stem.split("--")
+        policy_set.evaluate(build_policy_input(plan, {"environment": "prod", "account": account, "service": service}))
+    opa_seconds = time.perf_counter() - started
+
+    checkov = ensure_checkov(settings.tools_dir)
+    started = time.perf_counter()
+    run_checkov(checkov, {path.stem: path for path in plans}, skip_checks=settings.policy.checkov_skip, soft_fail_checks=settings.policy.checkov_soft_fail)
+    checkov_once = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for path in plans[:3]:
+        run_checkov(checkov, {path.stem: path}, skip_checks=settings.policy.checkov_skip, soft_fail_checks=settings.policy.checkov_soft_fail)
+    checkov_each = (time.perf_counter() - started) / 3
+
+    return [
+        Measurement("policy-opa", f"OPA (regopy) over {len(plans)} plans, one after the other", "PolicySet.evaluate per plan", opa_seconds, 0.0, f"{opa_seconds / len(plans) * 1000:.0f} ms per shard"),
+        Measurement("policy-checkov-batch", f"Checkov, one process for {len(plans)} plans", "run_checkov with every plan", checkov_once, 0.0, f"{checkov_once / len(plans):.2f} s per shard"),
+        Measurement("policy-checkov-single", "Checkov, one process for one plan (mean of 3)", "run_checkov with one plan", checkov_each, 0.0, f"{checkov_each * len(plans):.1f} s for {len(plans)} shards this way"),
+    ]
+
+
 def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
     cores = os.cpu_count()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -247,7 +280,7 @@ def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
         READING_NOTE,
     ]
     for title, measurements in sections.items():
-        if measurements[0].key.startswith("validation"):
+        if measurements[0].key.startswith(("validation", "policy")):
             lines += [f"## {title}", "", "| variant | wall s | note |", "|---|---:|---|"]
             lines += [f"| {m.name} | {m.wall_seconds:.3f} | {m.detail} |" for m in measurements]
             lines += ["", f"Command: `{measurements[0].command}`, in the `invoke bench` process.", ""]
@@ -288,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         title = f"Overhead: validation of {VALIDATION_FILES} deployment files"
         print(f"measuring: {title}", file=sys.stderr)
         sections[title] = measure_validation(Path(scratch))
+        title = "Policy stage: OPA and Checkov over the 10 example plans"
+        print(f"measuring: {title}", file=sys.stderr)
+        sections[title] = measure_policy_stage()
         for latency in ([0] if arguments.quick else [0, 50]):
             title = f"Parallel against sequential: {arguments.accounts} accounts, {BUCKETS_PER_ACCOUNT} buckets each, {latency} ms injected latency per request"
             print(f"measuring: {title}", file=sys.stderr)
