@@ -33,7 +33,7 @@ def isolated_environment(tmp_path_factory, monkeypatch):
 
 def copy_template(destination: Path) -> Path:
     """Copy the repository's template parts (accounts, modules, policies, settings) to ``destination``."""
-    for name in ("Accounts", "modules", "policies"):
+    for name in ("Accounts", "modules", "policies", "functions"):
         source = PROJECT_ROOT / name
         if source.exists():
             shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))

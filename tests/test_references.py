@@ -62,7 +62,7 @@ def test_inline_policy_heredoc_is_checked(template_repo):
 
 def test_missing_lambda_source_is_a_warning(template_repo):
     tfvars = template_repo / "Accounts/prod/orders-api.tfvars"
-    tfvars.write_text(tfvars.read_text().replace('    source_dir  = "Accounts/prod/lambda/orders-api"\n', ""))
+    tfvars.write_text(tfvars.read_text().replace('    source_dir  = "functions/orders-api"\n', ""))
     settings = load_settings(template_repo)
     inventory = discover(settings)
     assert validate_inventory(inventory, settings.repo_root) == []

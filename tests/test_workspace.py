@@ -78,22 +78,22 @@ def test_lambda_package_built_deterministically(settings):
 def test_lambda_source_change_changes_inputs(settings, template_repo):
     shard = shard_of(settings, "prod/orders-api/lambda")
     before = prepare_workspace(shard, settings, None, "c").inputs_digest
-    handler = template_repo / "Accounts/prod/lambda/orders-api/handler.py"
+    handler = template_repo / "functions/orders-api/handler.py"
     handler.write_text(handler.read_text() + "\n# changed\n")
     assert prepare_workspace(shard, settings, None, "c").inputs_digest != before
 
 
 def test_missing_source_folder_is_clear(settings, template_repo):
     deployment = template_repo / "Accounts/prod/orders-api.tfvars"
-    deployment.write_text(deployment.read_text().replace("Accounts/prod/lambda/orders-api", "Accounts/prod/lambda/missing"))
+    deployment.write_text(deployment.read_text().replace("functions/orders-api", "functions/missing"))
     shard = shard_of(load_settings(template_repo), "prod/orders-api/lambda")
-    with pytest.raises(PackagingError, match="lambda_functions.api.source_dir = 'Accounts/prod/lambda/missing' is not a folder"):
+    with pytest.raises(PackagingError, match="lambda_functions.api.source_dir = 'functions/missing' is not a folder"):
         prepare_workspace(shard, settings, None, "c")
 
 
 def test_source_outside_repo_is_rejected(settings, template_repo):
     deployment = template_repo / "Accounts/prod/orders-api.tfvars"
-    deployment.write_text(deployment.read_text().replace('"Accounts/prod/lambda/orders-api"', '"../../etc"'))
+    deployment.write_text(deployment.read_text().replace('"functions/orders-api"', '"../../etc"'))
     shard = shard_of(load_settings(template_repo), "prod/orders-api/lambda")
     with pytest.raises(PackagingError, match="outside the repository"):
         prepare_workspace(shard, settings, None, "c")
