@@ -263,8 +263,9 @@ def measure_policy_stage() -> list[Measurement]:
     ]
 
 
-def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
+def render_page(sections: dict[str, list[Measurement]], command: str, load_before: tuple) -> str:
     cores = os.cpu_count()
+    load_after = os.getloadavg()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     terraform = resolve_binary("terraform")
     lines = [
@@ -276,6 +277,7 @@ def render_page(sections: dict[str, list[Measurement]], command: str) -> str:
         "",
         f"- {cores} cores, {memory_gib:.0f} GiB memory, {platform.system()} {platform.release()} ({platform.machine()})",
         f"- Python {platform.python_version()}, Terraform {binary_version(terraform)}, AWS provider from the local mirror, moto {_moto_version()} as the sandbox on 127.0.0.1",
+        f"- load average (1 min) {load_before[0]:.1f} when the run started and {load_after[0]:.1f} when it ended: other work on the machine inflates wall times",
         "",
         READING_NOTE,
     ]
@@ -317,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = next(p for p in range(5590, 5690) if not _port_in_use(p))
     sections = {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tdo-bench-") as scratch:
         title = f"Overhead: validation of {VALIDATION_FILES} deployment files"
         print(f"measuring: {title}", file=sys.stderr)
@@ -331,6 +334,6 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "invoke bench" + (" --quick" if arguments.quick else "")
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(render_page(sections, command), encoding="utf-8")
+    arguments.output.write_text(render_page(sections, command, load_before), encoding="utf-8")
     print(f"wrote {arguments.output}", file=sys.stderr)
     return 0
