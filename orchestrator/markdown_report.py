@@ -85,7 +85,8 @@ def _shard_section(result: ShardResult, redactor: Redactor) -> list[str]:
 
     for note in result.notes:
         lines.append(f"- {_cell(redactor.line(note))}")
-    if result.error:
+    policy_text = "\n".join([f"policy error: {e}" for e in policy.get("errors", [])] + [f"policy: {f}" for f in policy.get("failures", [])]) if policy else ""
+    if result.error and result.error != policy_text:
         lines += ["", "Error:", "", code_block(redactor.text(strip_escape_sequences(result.error)))]
     lines += ["", "</details>", ""]
     return lines

@@ -217,6 +217,8 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     report.terraform = f"{Path(toolchain.binary).name} {toolchain.version}"
 
     policy_stage = None
+    if settings.policy.checkov and not (settings.tools_dir / "checkov").is_dir():
+        stream.write(f"Installing Checkov into its own environment under {settings.tools_dir} (once; about a minute)...\n")
     if settings.policy.opa or settings.policy.checkov:
         policy_stage = PolicyStage(settings.policies_dir, settings.tools_dir, settings.policy)
 

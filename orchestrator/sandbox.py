@@ -61,7 +61,7 @@ def _answers(endpoint: str, timeout: float = 2.0) -> bool:
     # No proxy: the sandbox is on loopback, and a configured proxy must never see its traffic.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{endpoint}/moto-api/seed", timeout=timeout):
+        with opener.open(f"{endpoint}/moto-api/", timeout=timeout):
             return True
     except urllib.error.HTTPError:
         return True

@@ -8,12 +8,32 @@ in benchmarks.
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
 
 LOOPBACK = "127.0.0.1"
+
+
+class SerializedApp:
+    """WSGI wrapper that lets one request at a time into moto.
+
+    moto finds a request's account by searching its IAM backends for the access key, and
+    concurrent requests of different accounts were seen landing in the wrong one (an IAM role
+    "already exists" in an account that had none). Moto's own work per request is a few
+    milliseconds, so serialising it costs little; injected latency stays outside the lock.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self._lock:
+            # The body is read inside the lock, because moto may build it lazily.
+            return list(self.app(environ, start_response))
 
 
 class LatencyMiddleware:
@@ -34,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every request, in milliseconds")
     args = parser.parse_args(argv)
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = SerializedApp(DomainDispatcherApplication(create_backend_app))
     if args.latency_ms > 0:
         app = LatencyMiddleware(app, args.latency_ms / 1000)
 

@@ -38,5 +38,5 @@ def render_summary(report: RunReport) -> str:
             lines.append(f"{result.shard_id}: {note}")
 
     totals = ", ".join(f"{count} {status}" for status, count in sorted(report.totals().items()))
-    lines.append(f"\n{report.action} finished in {report.duration:.1f}s: {totals or 'no shards'}. Run {report.run_id}, report {report.run_dir}/report.json")
+    lines.append(f"\n{report.action} finished in {report.duration:.1f}s: {totals or 'no shards'}. Run {report.run_id}, reports {report.run_dir}/report.json and report.md")
     return "\n".join(lines)

@@ -231,6 +231,7 @@ def test_apply_uses_saved_plan_and_replans_dependents(first_apply, sandbox_repo)
 def test_each_shard_has_its_own_log(first_apply, sandbox_repo):
     _, _, report = first_apply
     for shard in report["shards"]:
+        assert shard["log_file"], f"{shard['shard_id']} has no log ({shard['status']}: {shard['error']})"
         log = Path(shard["log_file"]).read_text()
         assert "plan -input=false -no-color" in log, shard["shard_id"]
         assert "apply -input=false -no-color" in log, shard["shard_id"]
@@ -259,6 +260,7 @@ def test_first_apply_checked_policies(first_apply):
     _, _, report = first_apply
     for shard in report["shards"]:
         policy = shard["policy"]
+        assert policy, f"{shard['shard_id']} has no policy verdict ({shard['status']}: {shard['error']})"
         assert policy["status"] in ("passed", "passed with warnings"), shard["shard_id"]
         assert policy["opa_rules"] > 0, shard["shard_id"]
         assert policy["checkov"]["passed"] > 0, shard["shard_id"]
