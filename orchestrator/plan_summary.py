@@ -24,7 +24,7 @@ class ChangeCounts:
 
 
 def count_changes(plan: dict) -> ChangeCounts:
-    """Count resource changes the way Terraform's plan summary does, plus replaces, imports, moves and forgets.
+    """Count resource changes the way Terraform's plan summary does, plus replacements, imports, moves and forgotten resources.
 
     A replacement adds one and destroys one (as in Terraform's "N to add, M to destroy") and is
     also counted in ``replace``. Data-source reads are not changes.

@@ -2,7 +2,7 @@
 policy documents, be valid JSON with the shape of an IAM policy.
 
 Which fields are references is declared per service in ``service.json`` under ``references``:
-``{"key": "iam_roles", "field": "policy_files", "kind": "iam-policy"}`` says that each entry of
+``{"key": "iam_roles", "field": "policy_files", "kind": "iam-policy"}`` means that each entry of
 the ``iam_roles`` map has a ``policy_files`` field (a path or a list of paths) naming IAM
 policy documents. Kinds: ``file``, ``directory``, ``iam-policy`` (identity policy: needs
 Resource), ``iam-resource-policy`` (trust and key policies: needs Principal) and

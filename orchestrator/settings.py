@@ -1,12 +1,13 @@
 """Repository settings: one TOML file at the top of the repo, validated by a JSON Schema.
 
 Every key has a default that works against the embedded sandbox, so a fresh checkout needs
-no settings file at all; a team's generated repo writes its own names into it.
+no settings file at all. A team's generated repo writes its own names into it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import tomllib
@@ -177,8 +178,12 @@ def _merge(defaults: dict, overrides: dict) -> dict:
     return merged
 
 
+@functools.lru_cache(maxsize=None)
 def load_schema(name: str) -> dict:
-    """Load one of the JSON Schemas shipped in ``orchestrator/schemas/``."""
+    """Load one of the JSON Schemas shipped in ``orchestrator/schemas/``, once per process.
+
+    Callers must not modify the returned dict, because it is shared.
+    """
     text = resources.files("orchestrator").joinpath("schemas", name).read_text(encoding="utf-8")
     return json.loads(text)
 

@@ -24,12 +24,10 @@ from .errors import ConfigurationError, OrchestratorError
 
 logger = logging.getLogger(__name__)
 
-# Terraform's exit codes for ``plan -detailed-exitcode``.
-PLAN_NO_CHANGES = 0
+# Exit code of ``plan -detailed-exitcode`` when the plan has changes (0: none, 1: error).
 PLAN_HAS_CHANGES = 2
 
 INTERRUPT_GRACE_SECONDS = 60
-TERMINATE_GRACE_SECONDS = 10
 
 
 @dataclass

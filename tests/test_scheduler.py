@@ -64,7 +64,7 @@ def test_independent_nodes_run_in_parallel():
     assert peak == 4
 
 
-def test_crash_in_work_is_a_failure_not_a_crash():
+def test_work_exception_fails_node():
     def work(node, prerequisites):
         if node == "bad":
             raise RuntimeError("boom")

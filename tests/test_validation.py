@@ -50,7 +50,8 @@ def test_state_key_collision_names_both_files(tmp_path):
     messages = messages_for(repo)
     assert len(messages) == 1
     assert "Accounts/prod/two.tfvars:1:" in messages[0]
-    assert "prod/one/s3" in messages[0] and "Accounts/prod/one.tfvars" in messages[0]
+    assert "prod/one/s3" in messages[0]
+    assert "Accounts/prod/one.tfvars" in messages[0]
     assert "s3/333333333333/eu-west-1/shared/terraform.tfstate" in messages[0]
 
 

@@ -27,7 +27,8 @@ def test_workspace_has_module_and_generated_files(settings):
     names = {p.name for p in workspace.directory.iterdir()}
 
     assert {"main.tf", "variables.tf", "orchestrator_backend.tf.json", "orchestrator_provider.tf.json", "orchestrator.tfvars.json"} <= names
-    assert "service.json" not in names and "schema.json" not in names
+    assert "service.json" not in names
+    assert "schema.json" not in names
     values = json.loads(workspace.var_file.read_text())
     assert values["account_id"] == "333333333333"
     assert "kms_keys" not in values

@@ -4,7 +4,7 @@ Checkov costs seconds to start, so shards do not start it one by one. A shard th
 to scan calls ``submit`` and waits. A shard that leaves the pipeline without a plan (no
 changes, failure) calls ``leave``. When every shard still in the pipeline is waiting, the
 batch is scanned by one Checkov process and each waiting shard gets its own result. In a plan
-run every shard reaches the barrier in one wave; in an apply run, dependents that start after
+run every shard reaches the barrier in one wave. In an apply run, dependents that start after
 their prerequisites applied form later waves.
 """
 
