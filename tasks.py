@@ -80,6 +80,55 @@ def shards(c, all=False, changed_files=None, since=None, deployment=None, accoun
     _call(argv + (["--json"] if json else []))
 
 
+SHARD_HELP = {"shard": "ID: the shard, <account>/<deployment>/<service> (see invoke shards)", "sandbox": "use the embedded AWS sandbox"}
+
+
+def _shard_argv(command: str, shard: str, sandbox: bool) -> list[str]:
+    if not shard:
+        raise Exit(f"invoke {command} needs --shard <account>/<deployment>/<service>; list them with: invoke shards", code=4)
+    return [command, "--shard", shard] + (["--sandbox"] if sandbox else [])
+
+
+@task(auto_shortflags=False, help={**SHARD_HELP, "json": "print the metadata as JSON"})
+def backups(c, shard="", sandbox=False, json=False):
+    """List a shard's state backups (one is taken before every apply)."""
+    _call(_shard_argv("backups", shard, sandbox) + (["--json"] if json else []))
+
+
+@task(name="restore-state", auto_shortflags=False, help={**SHARD_HELP, "backup": "BACKUP_ID from invoke backups", "yes": "do not ask"})
+def restore_state(c, shard="", backup="", sandbox=False, yes=False):
+    """Push a backup of the same lineage through Terraform, then show how it differs from reality."""
+    _call(_shard_argv("restore-state", shard, sandbox) + ["--backup", backup] + (["--yes"] if yes else []))
+
+
+@task(auto_shortflags=False, help={**SHARD_HELP, "backup": "BACKUP_ID from invoke backups", "yes": "do not ask"})
+def rollback(c, shard="", backup="", sandbox=False, yes=False):
+    """Converge a shard to the configuration recorded with a backup."""
+    _call(_shard_argv("rollback", shard, sandbox) + ["--backup", backup] + (["--yes"] if yes else []))
+
+
+@task(auto_shortflags=False, help={**SHARD_HELP, "yes": "do not ask"})
+def unlock(c, shard="", sandbox=False, yes=False):
+    """Show who holds a shard's state lock and release it after confirmation."""
+    _call(_shard_argv("unlock", shard, sandbox) + (["--yes"] if yes else []))
+
+
+@task(name="errored-state", auto_shortflags=False, help={**SHARD_HELP, "push": "push the kept state now", "export": "FILE: write it in clear (mode 0600)"})
+def errored_state(c, shard="", sandbox=False, push=False, export=""):
+    """Show, push or export a state kept encrypted after a failed state upload."""
+    _call(_shard_argv("errored-state", shard, sandbox) + (["--push"] if push else []) + (["--export", export] if export else []))
+
+
+@task(auto_shortflags=False, help={"since": "YYYY-MM-DD (default 7 days ago)", "until": "YYYY-MM-DD (default today)", "account": "account name or id", "result": "e.g. applied, failed", "action": "plan, apply, rollback, restore-state, unlock", "shard": "ID", "json": "JSON lines", "show_output": "print the redacted Terraform output", "sandbox": "query the embedded AWS sandbox"})
+def audit(c, since="", until="", account="", result="", action="", shard="", json=False, show_output=False, sandbox=False):
+    """Query the audit trail by date range, account, action and result."""
+    argv = ["audit"]
+    for flag, value in (("--since", since), ("--until", until), ("--account", account), ("--result", result), ("--action", action), ("--shard", shard)):
+        argv += [flag, value] if value else []
+    argv += (["--json"] if json else []) + (["--show-output"] if show_output else []) + (["--sandbox"] if sandbox else [])
+    _call(argv)
+
+
 @task(help={"port": "port on 127.0.0.1 (default 5480)", "latency_ms": "delay added to every request, in milliseconds"})
 def sandbox_up(c, port=0, latency_ms=-1):
     """Start the AWS sandbox (moto on 127.0.0.1) and create the state and audit buckets."""
@@ -130,4 +179,4 @@ sandbox_tasks.add_task(sandbox_up, "up")
 sandbox_tasks.add_task(sandbox_down, "down")
 sandbox_tasks.add_task(sandbox_status, "status")
 
-namespace = Collection(plan, apply, validate, shards, test, bench, sandbox_tasks)
+namespace = Collection(plan, apply, validate, shards, backups, restore_state, rollback, unlock, errored_state, audit, test, bench, sandbox_tasks)

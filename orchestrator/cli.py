@@ -110,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_flags(shards)
     shards.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    def shard_command(name: str, help_text: str, needs_backup: bool = False, asks: bool = False) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--shard", required=True, metavar="ID", help="the shard: <account>/<deployment>/<service> (see invoke shards)")
+        command.add_argument("--sandbox", action="store_true", help="work on the embedded AWS sandbox")
+        if needs_backup:
+            command.add_argument("--backup", required=True, metavar="BACKUP_ID", help="a backup id from invoke backups")
+        if asks:
+            command.add_argument("--yes", action="store_true", help="do not ask for confirmation (for scripts)")
+        return command
+
+    shard_command("backups", "list a shard's state backups").add_argument("--json", action="store_true", help="print the backups' metadata as JSON")
+    shard_command("restore-state", "push a backup of the shard's state (same lineage) through Terraform, then show drift", needs_backup=True, asks=True)
+    shard_command("rollback", "converge a shard to the configuration recorded with a backup", needs_backup=True, asks=True)
+    shard_command("unlock", "show who holds a shard's state lock and release it", asks=True)
+    errored = shard_command("errored-state", "show, push or export a state kept after a failed state upload")
+    errored.add_argument("--push", action="store_true", help="push the kept state now")
+    errored.add_argument("--export", type=Path, metavar="FILE", help="write the kept state in clear to FILE (mode 0600)")
+
+    audit = commands.add_parser("audit", help="query the audit trail by date, account, action and result")
+    audit.add_argument("--since", metavar="YYYY-MM-DD", help="first day (UTC), default 7 days ago")
+    audit.add_argument("--until", metavar="YYYY-MM-DD", help="last day (UTC), default today")
+    audit.add_argument("--account", help="account name or id")
+    audit.add_argument("--result", help="for example applied, failed, rolled back")
+    audit.add_argument("--action", help="plan, apply, rollback, restore-state or unlock")
+    audit.add_argument("--shard", metavar="ID", help="only this shard")
+    audit.add_argument("--json", action="store_true", help="print JSON lines")
+    audit.add_argument("--show-output", action="store_true", help="also print each record's Terraform output, redacted")
+    audit.add_argument("--sandbox", action="store_true", help="query the embedded AWS sandbox")
+
     sandbox_command = commands.add_parser("sandbox", help="the embedded AWS sandbox on 127.0.0.1")
     sandbox_command.add_argument("action", choices=["up", "down", "status"])
     sandbox_command.add_argument("--port", type=int, help="port on 127.0.0.1 (default: sandbox.port, 5480)")
@@ -199,7 +228,36 @@ def _sandbox(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HANDLERS = {"plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox}
+def _shard_command(arguments: argparse.Namespace) -> int:
+    from . import shard_commands
+
+    settings = _settings(arguments)
+    out = sys.stdout
+    if arguments.command == "backups":
+        return shard_commands.list_backups(settings, arguments.shard, arguments.sandbox, arguments.json, out)
+    if arguments.command == "restore-state":
+        return shard_commands.restore_state(settings, arguments.shard, arguments.backup, arguments.sandbox, arguments.yes, out)
+    if arguments.command == "rollback":
+        return shard_commands.rollback(settings, arguments.shard, arguments.backup, arguments.sandbox, arguments.yes, out)
+    if arguments.command == "unlock":
+        return shard_commands.unlock(settings, arguments.shard, arguments.sandbox, arguments.yes, out)
+    return shard_commands.errored_state(settings, arguments.shard, arguments.sandbox, arguments.push, arguments.export, out)
+
+
+def _audit(arguments: argparse.Namespace) -> int:
+    from .audit import audit_main
+    from .credentials import AwsTarget
+
+    settings = _settings(arguments)
+    target = AwsTarget(endpoint=sandbox.up(settings).endpoint) if arguments.sandbox else AwsTarget()
+    return audit_main(settings, target, since=arguments.since, until=arguments.until, account=arguments.account, result=arguments.result,
+                      action=arguments.action, shard=arguments.shard, as_json=arguments.json, show_output=arguments.show_output, stream=sys.stdout)
+
+
+HANDLERS = {
+    "plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox, "audit": _audit,
+    "backups": _shard_command, "restore-state": _shard_command, "rollback": _shard_command, "unlock": _shard_command, "errored-state": _shard_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,12 @@ from typing import TextIO
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from . import sandbox as sandbox_module
+from .audit import AuditNotWritten, AuditTrail, current_actor, git_revision
 from .credentials import AwsTarget, CredentialBroker, SandboxUnreachable, aws_client
 from .discovery import Inventory, Shard, discover
 from .errors import ConfigurationError, SelectionError, ValidationFailed
 from .progress import Progress
+from .redaction import Redactor
 from .scheduler import Outcome, run_graph
 from .selection import SelectionRequest, select_shards, shard_dependencies
 from .settings import Settings
@@ -92,6 +94,7 @@ class RunReport:
     run_dir: str = ""
     results: list[ShardResult] = field(default_factory=list)
     interrupted: bool = False
+    redactor: Redactor = field(default_factory=Redactor, repr=False)
 
     @property
     def exit_code(self) -> int:
@@ -239,6 +242,9 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     broker = CredentialBroker(target, settings.state.role_arn, report.run_id, secrets_dir, sts_region, settings.credentials.instance_metadata)
     registry = ProcessRegistry()
     workers = options.workers or settings.terraform.workers
+    # Collects the sensitive values of every shard's plan, for the run's reports.
+    run_redactor = Redactor()
+    context = None
     started = time.monotonic()
     try:
         check_state_buckets(shards, settings, broker, target, require_versioning=options.action == "apply")
@@ -246,6 +252,9 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
 
         with Progress(total=len(shards), stream=stream) as progress, InterruptHandler(registry, progress):
             context = RunContext(
+                git_revision=git_revision(settings.repo_root),
+                actor=current_actor(settings.repo_root),
+                redactor=run_redactor,
                 settings=settings,
                 toolchain=toolchain,
                 target=target,
@@ -275,6 +284,8 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
             outcomes = run_graph([s.id for s in shards], shard_dependencies(shards), work, workers, registry.cancelled, on_skip=skipped)
             if options.action == "plan" and policy_stage is not None and not registry.cancelled.is_set():
                 check_plan_policies(shards, outcomes, policy_stage, settings, progress)
+        if context is not None:
+            write_audit_records(settings, broker, target, report.run_id, context.audit_records, stream)
     finally:
         broker.remove_files()
 
@@ -290,17 +301,38 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
             result.error = outcome.detail
             report.results.append(result)
 
+    from .markdown_report import render_markdown
+
+    markdown = run_redactor.text(render_markdown(report))
+    # Plan JSON holds secrets in clear text; it is deleted once the reports no longer need it.
+    for result in report.results:
+        if result.plan_json_file:
+            Path(result.plan_json_file).unlink(missing_ok=True)
+            result.plan_json_file = ""
+    report.redactor = run_redactor
     write_report(report, run_dir / "report.json")
     if options.json_report:
         write_report(report, options.json_report)
-    from .markdown_report import render_markdown
-
-    markdown = render_markdown(report)
     (run_dir / "report.md").write_text(markdown, encoding="utf-8")
     if options.markdown_report:
         options.markdown_report.write_text(markdown, encoding="utf-8")
     _point_latest(settings.work_dir / "runs", report.run_id)
     return report
+
+
+def write_audit_records(settings: Settings, broker: CredentialBroker, target: AwsTarget, run_id: str, records: list, stream: TextIO) -> None:
+    """Write the run's audit records; when the bucket cannot take them they are kept locally."""
+    if not records:
+        return
+    try:
+        s3 = aws_client("s3", broker.state_credentials(), settings.audit.region, target)
+        trail = AuditTrail(settings, s3)
+        trail.flush_pending()
+        trail.write(run_id, records)
+    except AuditNotWritten as error:
+        stream.write(f"warning: {error}\n")
+    except Exception as error:  # noqa: BLE001 - the records are spooled by AuditTrail; the run's result stands
+        stream.write(f"warning: audit records of run {run_id} not written: {error}\n")
 
 
 def check_plan_policies(shards: list[Shard], outcomes: dict, policy_stage: PolicyStage, settings: Settings, progress: Progress) -> None:
@@ -330,7 +362,7 @@ def check_plan_policies(shards: list[Shard], outcomes: dict, policy_stage: Polic
 
 def write_report(report: RunReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(report.redactor.structure(report.as_dict()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _point_latest(runs_dir: Path, run_id: str) -> None:

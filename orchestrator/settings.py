@@ -41,6 +41,7 @@ DEFAULTS: dict = {
     "audit": {
         "bucket": "tdo-terraform-audit",
         "region": "eu-west-1",
+        "kms_key_id": "",
     },
     "sandbox": {
         "host": "127.0.0.1",
@@ -98,6 +99,7 @@ class StateSettings:
 class AuditSettings:
     bucket: str
     region: str
+    kms_key_id: str
 
 
 @dataclass(frozen=True)

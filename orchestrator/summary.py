@@ -21,7 +21,7 @@ def render_summary(report: RunReport) -> str:
             result.counts.change,
             result.counts.destroy,
             result.policy.get("status", "-"),
-            result.status,
+            f"{result.status}, {result.rollback['status']}" if result.rollback else result.status,
             f"{result.duration:.1f}s",
         ]
         for result in report.results
@@ -39,4 +39,5 @@ def render_summary(report: RunReport) -> str:
 
     totals = ", ".join(f"{count} {status}" for status, count in sorted(report.totals().items()))
     lines.append(f"\n{report.action} finished in {report.duration:.1f}s: {totals or 'no shards'}. Run {report.run_id}, reports {report.run_dir}/report.json and report.md")
-    return "\n".join(lines)
+    # Notes and errors were redacted per shard; this pass adds every shard's sensitive values.
+    return report.redactor.text("\n".join(lines))

@@ -153,6 +153,19 @@ def apply_argv(binary: str, plan_file: str, lock_timeout: str) -> list[str]:
     return [binary, "apply", "-input=false", "-no-color", "-auto-approve", f"-lock-timeout={lock_timeout}", plan_file]
 
 
+def state_pull_argv(binary: str) -> list[str]:
+    return [binary, "state", "pull"]
+
+
+def state_push_argv(binary: str, state_file: str, lock_timeout: str) -> list[str]:
+    # Never -force: Terraform then refuses a state of another lineage or an older serial.
+    return [binary, "state", "push", f"-lock-timeout={lock_timeout}", state_file]
+
+
+def force_unlock_argv(binary: str, lock_id: str) -> list[str]:
+    return [binary, "force-unlock", "-force", lock_id]
+
+
 # --- running processes --------------------------------------------------------------------------
 
 @dataclass

@@ -7,13 +7,17 @@ generated backend and provider files, the shard's variable file, Lambda packages
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import threading
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .backend import BACKEND_FILE_NAME, PROVIDER_FILE_NAME, backend_config, backend_document, provider_config, provider_document
 from .credentials import STATE_PROFILE, WORKLOAD_PROFILE
@@ -23,6 +27,7 @@ from .settings import Settings
 
 VAR_FILE_NAME = "orchestrator.tfvars.json"
 INIT_MARKER_NAME = ".orchestrator-init"
+LOCK_FILE_NAME = ".orchestrator-lock"
 MANIFEST_NAME = ".orchestrator-files"
 PACKAGES_DIR_NAME = "packages"
 NOT_COPIED = {SERVICE_FILE_NAME, SERVICE_SCHEMA_FILE_NAME, ".terraform", ".terraform.lock.hcl", "README.md"}
@@ -57,6 +62,36 @@ class Workspace:
 
 def shard_directory(settings: Settings, shard: Shard) -> Path:
     return settings.work_dir / "shards" / shard.account.name / shard.deployment.name / shard.service.name
+
+
+class WorkspaceWaitInterrupted(OrchestratorError):
+    """The run was interrupted while it waited for another run of the same shard."""
+
+
+@contextmanager
+def workspace_lock(directory: Path, on_wait: Callable[[], None], cancelled: threading.Event) -> Iterator[None]:
+    """Hold the shard's working directory for this process; wait while another run of this checkout has it.
+
+    Two runs in one checkout would otherwise rewrite the same files and run init in the same
+    folder at the same time. Runs on other machines are kept apart by the state lock instead.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE_NAME, "w", encoding="utf-8") as handle:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    on_wait()
+                    waiting = True
+                if cancelled.wait(0.5):
+                    raise WorkspaceWaitInterrupted(f"interrupted while waiting for another run of {directory}")
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _module_files(module_dir: Path) -> list[Path]:
@@ -146,18 +181,36 @@ def _digest(parts: list[tuple[str, bytes]]) -> str:
     return hasher.hexdigest()
 
 
+def write_generated_files(directory: Path, shard: Shard, settings: Settings, sandbox_endpoint: str | None) -> tuple[str, str]:
+    """Write the shard's backend and provider files into ``directory``; return their text."""
+    backend_text = json.dumps(backend_document(backend_config(settings.state, shard.state_key, shard.region, STATE_PROFILE, sandbox_endpoint)), indent=2, sort_keys=True)
+    provider_text = json.dumps(provider_document(provider_config(shard.region, shard.account_id, WORKLOAD_PROFILE, sandbox_endpoint)), indent=2, sort_keys=True)
+    _write_if_changed(directory / BACKEND_FILE_NAME, backend_text + "\n")
+    _write_if_changed(directory / PROVIDER_FILE_NAME, provider_text + "\n")
+    return backend_text, provider_text
+
+
+def write_values(directory: Path, values: dict) -> str:
+    """Write the variable file (owner-only: values may hold secrets); return its text."""
+    var_text = json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False)
+    _write_if_changed(directory / VAR_FILE_NAME, var_text + "\n", mode=0o600)
+    return var_text
+
+
+def module_file_names(directory: Path) -> list[str]:
+    """Return the module files last copied into a shard's working directory."""
+    manifest = directory / MANIFEST_NAME
+    return [name for name in manifest.read_text(encoding="utf-8").split("\n") if name] if manifest.exists() else []
+
+
 def prepare_workspace(shard: Shard, settings: Settings, sandbox_endpoint: str | None, cli_config_text: str) -> Workspace:
     """Create or refresh the shard's working directory and compute its digests."""
     directory = shard_directory(settings, shard)
     directory.mkdir(parents=True, exist_ok=True)
     module_files = _sync_module(shard.service.module_dir, directory)
 
-    backend_text = json.dumps(backend_document(backend_config(settings.state, shard.state_key, shard.region, STATE_PROFILE, sandbox_endpoint)), indent=2, sort_keys=True)
-    provider_text = json.dumps(provider_document(provider_config(shard.region, shard.account_id, WORKLOAD_PROFILE, sandbox_endpoint)), indent=2, sort_keys=True)
-    var_text = json.dumps(shard.values, indent=2, sort_keys=True, ensure_ascii=False)
-    _write_if_changed(directory / BACKEND_FILE_NAME, backend_text + "\n")
-    _write_if_changed(directory / PROVIDER_FILE_NAME, provider_text + "\n")
-    _write_if_changed(directory / VAR_FILE_NAME, var_text + "\n", mode=0o600)
+    backend_text, provider_text = write_generated_files(directory, shard, settings, sandbox_endpoint)
+    var_text = write_values(directory, shard.values)
     _build_packages(shard, settings.repo_root, directory)
 
     module_parts = [(name, (directory / name).read_bytes()) for name in module_files]

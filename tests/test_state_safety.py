@@ -1,0 +1,361 @@
+"""State safety on the sandbox with real Terraform: backups, rollback, restore, locks, audit.
+
+The probe deployment owns two IAM roles in the staging account. Its second version changes
+one role and adds another whose managed policy does not exist, so the provider creates the
+role and then fails on the attachment: an apply that fails halfway. What the account holds
+afterwards is read with boto3, never taken from the orchestrator's own report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from orchestrator import sandbox
+from orchestrator.audit import query
+from orchestrator.cli import main as cli_main
+from orchestrator.credentials import AwsTarget, assume_role, aws_client, base_credentials
+from orchestrator.discovery import discover
+from orchestrator.settings import load_settings
+
+from conftest import copy_template, free_port, write_settings
+
+pytestmark = pytest.mark.terraform
+
+PROBE = "staging/rollback-probe"
+PROBE_SHARD = f"{PROBE}/iam"
+POLICY_FILE = "Accounts/staging/iam/orders-api.json"
+# The tagging policy asks every resource for these.
+TAGS = 'tags = {\n  Owner      = "platform-team"\n  CostCentre = "CC-1001"\n}\n'
+
+
+def probe_file(keep_description: str, with_broken_role: bool) -> str:
+    broken = """
+  probe-new = {
+    description      = "Added by the apply that fails."
+    trusted_services = ["lambda.amazonaws.com"]
+    managed_policies = ["arn:aws:iam::aws:policy/PolicyThatDoesNotExist"]
+  }
+""" if with_broken_role else ""
+    return f"""project = "rollback-probe"
+region  = "eu-west-1"
+{TAGS}
+iam_roles = {{
+  probe-keep = {{
+    description      = "{keep_description}"
+    trusted_services = ["lambda.amazonaws.com"]
+    policy_files     = ["{POLICY_FILE}"]
+  }}
+{broken}}}
+"""
+
+
+def run_cli(repo: Path, *argv: str) -> tuple[int, str]:
+    output = io.StringIO()
+    with redirect_stdout(output), redirect_stderr(output):
+        code = cli_main(["--repo", str(repo), *argv])
+    return code, output.getvalue()
+
+
+def latest_report(repo: Path) -> dict:
+    return json.loads((repo / ".orchestrator" / "runs" / "latest" / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = copy_template(tmp_path_factory.mktemp("state-safety") / "repo")
+    # Checkov is covered elsewhere; here it would only add seconds to every apply.
+    settings_file = root / "orchestrator.toml"
+    settings_file.write_text(settings_file.read_text().replace("[policy]\n", "[policy]\ncheckov = false\n", 1))
+    write_settings(root, f'[sandbox]\nport = {free_port()}\n\n[terraform]\nlock_timeout = "4s"')
+    (root / "Accounts" / "staging" / "rollback-probe.tfvars").write_text(probe_file("version one", with_broken_role=False))
+    settings = load_settings(root)
+    sandbox.up(settings)
+    yield root
+    sandbox.down(settings)
+
+
+def clients(repo: Path, service: str, account: str, region: str = "eu-west-1"):
+    settings = load_settings(repo)
+    target = AwsTarget(endpoint=settings.sandbox.endpoint)
+    base = base_credentials(target)
+    inventory = discover(settings)
+    if account == "state":
+        credentials = assume_role(base, settings.state.role_arn, "tests", region, target)
+    else:
+        credentials = assume_role(base, inventory.accounts[account].deploy_role_arn, "tests", region, target)
+    return aws_client(service, credentials, region, target)
+
+
+def probe_roles(repo: Path) -> dict[str, str]:
+    iam = clients(repo, "iam", "staging")
+    return {role["RoleName"]: role.get("Description", "") for role in iam.list_roles()["Roles"] if role["RoleName"].startswith("probe-")}
+
+
+def state_document(repo: Path, state_key: str) -> dict:
+    s3 = clients(repo, "s3", "state")
+    return json.loads(s3.get_object(Bucket="tdo-tfstate-eu-west-1", Key=state_key)["Body"].read())
+
+
+def managed_addresses(document: dict) -> set[str]:
+    addresses = set()
+    for resource in document["resources"]:
+        if resource["mode"] == "managed":
+            for instance in resource["instances"]:
+                addresses.add(f'{resource["type"]}.{resource["name"]}[{json.dumps(instance["index_key"])}]')
+    return addresses
+
+
+def backups_of(repo: Path, shard: str) -> list[dict]:
+    code, output = run_cli(repo, "backups", "--shard", shard, "--sandbox", "--json")
+    assert code == 0, output
+    return json.loads(output[output.index("["):])
+
+
+@pytest.fixture(scope="module")
+def failed_apply(repo):
+    code, output = run_cli(repo, "apply", "--deployment", PROBE, "--sandbox")
+    assert code == 0, output
+    first_state = state_document(repo, latest_report(repo)["shards"][0]["state_key"])
+
+    (repo / "Accounts" / "staging" / "rollback-probe.tfvars").write_text(probe_file("version two", with_broken_role=True))
+    code, output = run_cli(repo, "apply", "--deployment", PROBE, "--sandbox")
+    return {"code": code, "output": output, "report": latest_report(repo), "first_state": first_state}
+
+
+def test_first_apply_takes_a_backup_of_the_empty_state(failed_apply, repo):
+    backups = backups_of(repo, PROBE_SHARD)
+    first = backups[0]
+    assert first["reason"] == "pre-apply" and first["empty"] is True and first["configuration"] is None
+
+
+def test_backup_holds_state_metadata_and_configuration(failed_apply, repo):
+    backups = backups_of(repo, PROBE_SHARD)
+    before_failure = [b for b in backups if b["reason"] == "pre-apply"][-1]
+    first_state = failed_apply["first_state"]
+    assert before_failure["serial"] == first_state["serial"] and before_failure["lineage"] == first_state["lineage"]
+    assert set(before_failure["resources"]) == managed_addresses(first_state)
+    configuration = before_failure["configuration"]
+    assert configuration["values_sha256"] and configuration["module_sha256"] and configuration["git_revision"]
+
+    s3 = clients(repo, "s3", "state")
+    prefix = f"backups/{before_failure['state_key']}/{before_failure['backup_id']}/"
+    state_object = s3.get_object(Bucket="tdo-tfstate-eu-west-1", Key=prefix + "terraform.tfstate")
+    assert state_object["ServerSideEncryption"] == "AES256"
+    body = state_object["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == before_failure["sha256"]
+    assert json.loads(body)["lineage"] == first_state["lineage"]
+
+    bundle = s3.get_object(Bucket="tdo-tfstate-eu-west-1", Key=prefix + "configuration.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as archive:
+        names = set(archive.getnames())
+        values = json.loads(archive.extractfile("values.json").read())
+    assert {"main.tf", "variables.tf", f"repo/{POLICY_FILE}"} <= names
+    assert values["iam_roles"]["probe-keep"]["description"] == "version one"
+
+
+def test_halfway_failure_is_rolled_back_to_the_last_good_configuration(failed_apply, repo):
+    assert failed_apply["code"] == 1, failed_apply["output"]
+    shard = failed_apply["report"]["shards"][0]
+    assert shard["status"] == "failed"
+    assert shard["rollback"]["status"] == "rolled back", shard["rollback"]
+    assert 'aws_iam_role.this["probe-new"]' in shard["rollback"]["created_by_failed_apply"]
+    assert "failed, rolled back" in failed_apply["output"]
+
+    # The account holds what the last good configuration describes, and nothing more.
+    assert probe_roles(repo) == {"probe-keep": "version one"}
+    iam = clients(repo, "iam", "staging")
+    assert iam.list_attached_role_policies(RoleName="probe-keep")["AttachedPolicies"] == []
+    assert [p for p in iam.list_role_policies(RoleName="probe-keep")["PolicyNames"]] == ["orders-api"]
+
+    # The state lists exactly those resources again.
+    state = state_document(repo, shard["state_key"])
+    assert managed_addresses(state) == managed_addresses(failed_apply["first_state"])
+    assert state["lineage"] == failed_apply["first_state"]["lineage"]
+
+
+def test_rollback_is_audited(failed_apply, repo):
+    settings = load_settings(repo)
+    s3 = clients(repo, "s3", "state", settings.audit.region)
+    today = date.today()
+    rollbacks = query(settings, s3, today, today, account="staging", action="rollback")
+    assert [r.result for r in rollbacks] == ["rolled back"]
+    applies = query(settings, s3, today, today, account="222222222222", action="apply", result="failed")
+    assert applies and "PolicyThatDoesNotExist" in applies[-1].output
+
+
+def test_restore_state_round_trip(failed_apply, repo):
+    backups = backups_of(repo, PROBE_SHARD)
+    after_failure = [b for b in backups if b["reason"] == "after-failed-apply"][-1]
+    before_failure = [b for b in backups if b["reason"] == "pre-apply"][-1]
+    state_key = after_failure["state_key"]
+    serial_now = state_document(repo, state_key)["serial"]
+
+    # A state that still lists the role the rollback destroyed: the refresh-only plan shows it gone.
+    code, output = run_cli(repo, "restore-state", "--shard", PROBE_SHARD, "--backup", after_failure["backup_id"], "--sandbox", "--yes")
+    assert code == 0, output
+    restored = state_document(repo, state_key)
+    assert restored["serial"] == serial_now + 1 and restored["lineage"] == after_failure["lineage"]
+    assert 'aws_iam_role.this["probe-new"]' in managed_addresses(restored)
+    assert 'aws_iam_role.this["probe-new"]: delete' in output
+
+    code, output = run_cli(repo, "restore-state", "--shard", PROBE_SHARD, "--backup", before_failure["backup_id"], "--sandbox", "--yes")
+    assert code == 0, output
+    assert managed_addresses(state_document(repo, state_key)) == set(before_failure["resources"])
+    assert "matches reality" in output
+    assert any(b["reason"] == "pre-restore" for b in backups_of(repo, PROBE_SHARD))
+
+
+def test_restore_refuses_another_lineage(failed_apply, repo):
+    backups = backups_of(repo, PROBE_SHARD)
+    source = [b for b in backups if b["reason"] == "pre-apply" and not b["empty"]][-1]
+    s3 = clients(repo, "s3", "state")
+    bucket = "tdo-tfstate-eu-west-1"
+    prefix = f"backups/{source['state_key']}/"
+    foreign_id = source["backup_id"] + "-foreign"
+    document = json.loads(s3.get_object(Bucket=bucket, Key=prefix + source["backup_id"] + "/terraform.tfstate")["Body"].read())
+    document["lineage"] = "00000000-0000-0000-0000-000000000000"
+    body = json.dumps(document).encode()
+    metadata = {**source, "backup_id": foreign_id, "lineage": document["lineage"], "sha256": hashlib.sha256(body).hexdigest()}
+    s3.put_object(Bucket=bucket, Key=prefix + foreign_id + "/terraform.tfstate", Body=body)
+    s3.put_object(Bucket=bucket, Key=prefix + foreign_id + "/metadata.json", Body=json.dumps(metadata).encode())
+    serial_before = state_document(repo, source["state_key"])["serial"]
+
+    code, output = run_cli(repo, "restore-state", "--shard", PROBE_SHARD, "--backup", foreign_id, "--sandbox", "--yes")
+    assert code == 4 and "another state history" in output, output
+    assert state_document(repo, source["state_key"])["serial"] == serial_before
+
+
+def test_rollback_command_converges_to_a_chosen_backup(failed_apply, repo):
+    # The first backup was taken before the shard's first apply: converging to it removes everything.
+    first = backups_of(repo, PROBE_SHARD)[0]
+    code, output = run_cli(repo, "rollback", "--shard", PROBE_SHARD, "--backup", first["backup_id"], "--sandbox")
+    assert code == 4 and "--yes" in output, output  # nobody to ask in a test: refused
+    assert probe_roles(repo) == {"probe-keep": "version one"}
+
+    code, output = run_cli(repo, "rollback", "--shard", PROBE_SHARD, "--backup", first["backup_id"], "--sandbox", "--yes")
+    assert code == 0, output
+    assert probe_roles(repo) == {}
+    assert managed_addresses(state_document(repo, first["state_key"])) == set()
+
+
+# --- locks ---------------------------------------------------------------------------------------
+
+KILL_PROBE = "staging/kill-probe"
+
+
+def kill_probe_file(buckets: dict[str, int | None]) -> str:
+    entries = "\n".join(
+        f'  {name} = {{\n    versioning    = false\n    force_destroy = true\n' + (f"    lifecycle_days = {days}\n" if days else "") + "  }"
+        for name, days in buckets.items()
+    )
+    return f'project = "kill-probe"\nregion  = "eu-west-1"\n{TAGS}\ns3_buckets = {{\n{entries}\n}}\n'
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Terraform runs in sessions of its own, so killpg misses it)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def test_sigkill_mid_apply_leaves_state_intact_and_the_lock_is_reported_then_released(repo):
+    deployment_file = repo / "Accounts" / "staging" / "kill-probe.tfvars"
+    deployment_file.write_text(kill_probe_file({"first": None}))
+    code, output = run_cli(repo, "apply", "--deployment", KILL_PROBE, "--sandbox")
+    assert code == 0, output
+    state_key = latest_report(repo)["shards"][0]["state_key"]
+    state_before = state_document(repo, state_key)
+
+    # The lifecycle configuration keeps the provider busy for a while: the kill lands mid-apply.
+    deployment_file.write_text(kill_probe_file({"first": None, "second": 7}))
+    runs_dir = repo / ".orchestrator" / "runs"
+    runs_before = set(runs_dir.iterdir())
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator", "--repo", str(repo), "apply", "--deployment", KILL_PROBE, "--sandbox"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    log_text = ""
+    while time.monotonic() < deadline and "aws_s3_bucket_lifecycle_configuration.this[\"second\"]: Creating..." not in log_text:
+        time.sleep(0.5)
+        logs = [run / "shards" / "staging" / "kill-probe" / "s3" / "terraform.log" for run in set(runs_dir.iterdir()) - runs_before if run.is_dir()]
+        log_text = "".join(log.read_text() for log in logs if log.exists())
+    assert process.poll() is None, "the apply ended before it could be killed"
+    victims = [process.pid, *descendants(process.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=30)
+
+    state_after = state_document(repo, state_key)
+    assert state_after["lineage"] == state_before["lineage"] and state_after["serial"] >= state_before["serial"]
+
+    code, output = run_cli(repo, "plan", "--deployment", KILL_PROBE, "--sandbox")
+    assert code == 1, output
+    assert "state lock is held (ID " in output and "OperationTypeApply" in output and "invoke unlock" in output
+
+    code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox")
+    assert code == 4 and "held by" in output and "--yes" in output, output
+    code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox", "--yes")
+    assert code == 0 and "released lock" in output, output
+    code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox", "--yes")
+    assert code == 0 and "not locked" in output, output
+
+    code, output = run_cli(repo, "plan", "--deployment", KILL_PROBE, "--sandbox")
+    assert code == 0, output
+
+
+def test_two_concurrent_applies_on_one_shard(repo, tmp_path):
+    # A lock wait longer than the other apply takes: one run waits, then finds nothing left to do.
+    settings_file = repo / "orchestrator.toml"
+    original_settings = settings_file.read_text()
+    settings_file.write_text(original_settings.replace('lock_timeout = "4s"', 'lock_timeout = "180s"'))
+    (repo / "Accounts" / "staging" / "concurrent.tfvars").write_text(
+        'project = "concurrent"\nregion  = "eu-west-1"\n' + TAGS + '\ns3_buckets = {\n  shared = {\n    versioning    = false\n    force_destroy = true\n  }\n}\n'
+    )
+    # A second checkout of the same repository: its own working folders, the same state.
+    other = tmp_path / "other-checkout"
+    shutil.copytree(repo, other, ignore=shutil.ignore_patterns(".orchestrator"))
+    try:
+        processes = [
+            subprocess.Popen([sys.executable, "-m", "orchestrator", "--repo", str(checkout), "apply", "--deployment", "staging/concurrent", "--sandbox", "--json", str(tmp_path / f"report-{index}.json")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for index, checkout in enumerate((repo, other))
+        ]
+        outputs = [process.communicate(timeout=600)[0] for process in processes]
+    finally:
+        settings_file.write_text(original_settings)
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    statuses = sorted(json.loads((tmp_path / f"report-{index}.json").read_text())["shards"][0]["status"] for index in range(2))
+    assert statuses in (["applied", "no changes"], ["applied", "applied"]), statuses
+
+    state_key = json.loads((tmp_path / "report-0.json").read_text())["shards"][0]["state_key"]
+    state = state_document(repo, state_key)
+    assert managed_addresses(state) >= {'aws_s3_bucket.this["shared"]'}
+    buckets = [b["Name"] for b in clients(repo, "s3", "staging").list_buckets()["Buckets"] if b["Name"].startswith("concurrent-shared")]
+    assert len(buckets) == 1
