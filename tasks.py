@@ -119,7 +119,7 @@ def errored_state(c, shard="", sandbox=False, push=False, export=""):
     _call(_shard_argv("errored-state", shard, sandbox) + (["--push"] if push else []) + (["--export", export] if export else []))
 
 
-@task(auto_shortflags=False, help={"since": "YYYY-MM-DD (default 7 days ago)", "until": "YYYY-MM-DD (default today)", "account": "account name or id", "result": "e.g. applied, failed", "action": "plan, apply, rollback, restore-state, unlock", "shard": "ID", "json": "JSON lines", "show_output": "print the redacted Terraform output", "sandbox": "query the embedded AWS sandbox"})
+@task(auto_shortflags=False, help={"since": "YYYY-MM-DD (default 7 days ago)", "until": "YYYY-MM-DD (default today)", "account": "account name or id", "result": "e.g. applied, failed", "action": "plan, apply, rollback, restore-state, unlock", "shard": "ID: a shard, or a prefix such as account/deployment", "json": "JSON lines", "show_output": "print the redacted Terraform output", "sandbox": "query the embedded AWS sandbox"})
 def audit(c, since="", until="", account="", result="", action="", shard="", json=False, show_output=False, sandbox=False):
     """Query the audit trail by date range, account, action and result."""
     argv = ["audit"]

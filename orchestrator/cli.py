@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--account", help="account name or id")
     audit.add_argument("--result", help="for example applied, failed, rolled back")
     audit.add_argument("--action", help="plan, apply, rollback, restore-state or unlock")
-    audit.add_argument("--shard", metavar="ID", help="only this shard")
+    audit.add_argument("--shard", metavar="ID", help="this shard, or every shard under this prefix (account/deployment)")
     audit.add_argument("--json", action="store_true", help="print JSON lines")
     audit.add_argument("--show-output", action="store_true", help="also print each record's Terraform output, redacted")
     audit.add_argument("--sandbox", action="store_true", help="query the embedded AWS sandbox")

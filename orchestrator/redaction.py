@@ -90,7 +90,7 @@ _PATTERNS = [
     re.compile(r"\bxox[abeoprs]-[A-Za-z0-9-]{10,}|\bxapp-\d-[A-Za-z0-9-]{10,}"),  # Slack tokens
     re.compile(r"(?P<keep>\bhooks\.slack\.com/(?:services|workflows|triggers)/)[\w/-]+"),  # Slack webhook paths
     re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}\b|\bwhsec_[A-Za-z0-9]{20,}"),  # Stripe keys
-    re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JSON web tokens
+    re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JSON web tokens
     re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])|\bGOCSPX-[A-Za-z0-9_-]{20,}"),  # Google API keys, OAuth client secrets
     re.compile(r"\bnpm_[A-Za-z0-9]{36}(?![A-Za-z0-9])"),  # npm access tokens
     re.compile(r"(?i)(?P<keep>\bbearer[ \t]+)[A-Za-z0-9._~+/=-]{8,}"),
@@ -126,21 +126,25 @@ _PRIVATE_KEY_END = re.compile(r"-----END(?: [A-Z0-9]+)* PRIVATE KEY(?: BLOCK)?--
 # Values that Terraform or this redactor print in place of a value; masking them hides nothing.
 _PLACEHOLDER_VALUES = ("(sensitive value)", "(sensitive)", "(known after apply)", MASK)
 _SCALAR = r"""(?:"(?:[^"\\\n]|\\.)*(?:"|$)|'[^'\n]*(?:'|$)|[^\s,;"'(){}\[\]]+)"""
-# One key and its separator, with the value in a lookahead: when the key is not secret-like, the
-# scan resumes at the value, so `note: password=x` still finds the inner pair.
-_KEY_VALUE = re.compile(
+# A key and its separator. The value is matched separately and only for secret-like keys, so a
+# long value under an ordinary key is not scanned twice, and `note: password=x` still finds the
+# inner pair.
+_KEY = re.compile(
     r"""
     (?:
         "(?P<quoted_key>[^"\n]{1,128})"                             # "DB_PASSWORD" = …, "token": …
       | (?<![\w.\-])(?P<bare_key>-{0,2}[A-Za-z_][\w.\-]{0,127})     # password = …, DB_PASSWORD=…, --token=…
     )
     (?P<separator>[ \t]*(?P<operator>=(?![=>~])|:)[ \t]*)
-    (?=(?P<value>
+    """,
+    re.VERBOSE,
+)
+_VALUE = re.compile(
+    r"""
         <<-?[A-Za-z_]\w*                                            # heredoc: <<EOT, <<-EOT
       | """ + "|".join(re.escape(value) for value in _PLACEHOLDER_VALUES) + r"""
       | (?:[A-Za-z_][\w.]*)?[({\[]                                  # {, [, jsonencode(
       | """ + _SCALAR + r"""(?:[ \t]*->[ \t]*(?:""" + _SCALAR + r"""|\([^)\n]*\)))?   # "old" -> "new"
-    ))
     """,
     re.VERBOSE,
 )
@@ -369,11 +373,8 @@ def _mask_query_parameter(match: re.Match) -> str:
     return match.group()
 
 
-def _is_secret_pair(match: re.Match) -> bool:
-    """Decide whether a ``_KEY_VALUE`` match is a secret-like key with a value to mask."""
-    if match.group("value") in _PLACEHOLDER_VALUES:
-        return False
-
+def _is_secret_pair_key(match: re.Match) -> bool:
+    """Decide whether a ``_KEY`` match is a secret-like key whose value must be masked."""
     bare_key = match.group("bare_key")
     if bare_key is not None and match.group("operator") == ":":
         # `key: value` (YAML, env files, headers) needs a space after the colon, which leaves
@@ -392,20 +393,21 @@ def _mask_key_values(line: str, state: _BlockState) -> str:
     """Mask the values of secret-like keys; a heredoc or unclosed bracket value opens a block in ``state``."""
     pieces = []
     position = 0
-    while (match := _KEY_VALUE.search(line, position)) is not None:
-        value_start, value_end = match.span("value")
-        pieces.append(line[position:value_start])
-        if not _is_secret_pair(match):
-            position = value_start
+    while (key := _KEY.search(line, position)) is not None:
+        pieces.append(line[position:key.end()])
+        position = key.end()
+        if not _is_secret_pair_key(key):
+            continue
+        value = _VALUE.match(line, position)
+        if value is None or value.group() in _PLACEHOLDER_VALUES:
             continue
 
-        value = match.group("value")
         pieces.append(MASK)
-        position = value_end
-        if value.startswith("<<"):
-            state.heredoc_marker = value.lstrip("<-")
-        elif value.endswith(_OPENING_BRACKETS):
-            position, state.bracket_depth = _find_bracket_end(line, value_end, 1)
+        position = value.end()
+        if value.group().startswith("<<"):
+            state.heredoc_marker = value.group().lstrip("<-")
+        elif value.group().endswith(_OPENING_BRACKETS):
+            position, state.bracket_depth = _find_bracket_end(line, value.end(), 1)
     pieces.append(line[position:])
     return "".join(pieces)
 
