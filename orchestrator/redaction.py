@@ -2,8 +2,8 @@
 
 The redactor masks the values Terraform marks sensitive (see ``secrets_from_plan``), values
 under secret-like keys, well-known credential formats and private key blocks. It works line by
-line and keeps the rest of each line, so output stays readable. When redaction itself fails,
-the caller gets ``WITHHELD`` instead of the input, never the unredacted text.
+line and keeps the rest of each line, so output stays readable. When redaction raises an
+exception, the caller gets ``WITHHELD`` instead of the input.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def is_secret_key(name: str) -> bool:
         return True
 
     words = normalized.split("_")
-    # A bare `PWD` is the shell's working directory; `db_pwd` is a password.
+    # A bare `PWD` is the shell's working directory, but `db_pwd` is a password.
     if words == ["pwd"]:
         return False
     return any(word in _SECRET_KEY_WORDS for word in words)
@@ -153,14 +153,21 @@ _HEADER_KEYS = frozenset({"authorization", "proxy-authorization"})
 _OPENING_BRACKETS = ("(", "[", "{")
 # A double-quoted string, skipped whole, or one bracket.
 _BRACKET_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|[()\[\]{}]')
+# A value whose last double-quoted string is still open at the end of the line.
+_OPEN_QUOTED_VALUE = re.compile(r'(?:"(?:[^"\\\n]|\\.)*"[ \t]*->[ \t]*)?"(?:[^"\\\n]|\\.)*')
+# A heredoc that opens at the end of a line inside a bracketed value: `+ pem = <<-EOT`.
+_HEREDOC_AT_END = re.compile(r"<<-?([A-Za-z_]\w*)[ \t]*$")
+# The rest of a string continued from an earlier line, up to its closing quote.
+_QUOTED_VALUE_END = re.compile(r'(?:[^"\\\n]|\\.)*"')
 
 
 @dataclass
 class _BlockState:
-    """Multi-line secret that the current line continues: a private key, a heredoc or a bracketed value."""
+    """Multi-line secret that the current line continues: a private key, a heredoc, a quoted or bracketed value."""
 
     in_private_key: bool = False
     heredoc_marker: str | None = None
+    in_quoted_value: bool = False
     bracket_depth: int = 0
 
 
@@ -168,8 +175,7 @@ class _BlockState:
 class _Rules:
     """Compiled matchers for one redaction call, so a concurrent ``add_secret`` cannot change them midway."""
 
-    known_secrets: re.Pattern | None
-    known_values: frozenset[str]
+    known_secrets: tuple[re.Pattern, ...]
     patterns: tuple[re.Pattern, ...]
 
 
@@ -188,10 +194,10 @@ def _mask_whole_line(line: str) -> str:
 
 
 def _find_bracket_end(text: str, start: int, depth: int) -> tuple[int, int]:
-    """Scan ``text`` from ``start`` with ``depth`` brackets open; return where they close and the depth left.
+    """Find where the ``depth`` brackets open at ``start`` close in ``text``.
 
-    The position is just after the closing bracket, or ``len(text)`` with a positive depth when
-    the brackets stay open past the end of the line. Brackets inside double-quoted strings do not count.
+    Returns the position just after the closing bracket and 0, or ``len(text)`` and the depth
+    still open at the end of the line. Brackets inside double-quoted strings do not count.
     """
     for token in _BRACKET_TOKEN.finditer(text, start):
         bracket = token.group()
@@ -220,7 +226,11 @@ _TRIE_END = ""
 
 
 def _trie_to_pattern(node: dict) -> str:
-    """Return the regex for a prefix tree node; a word ending here is optional, so longer words win."""
+    """Return the regex for a prefix tree node.
+
+    Where one value ends and longer ones go on, the rest is an optional greedy group, so the
+    longest value wins.
+    """
     literal = []
     # A chain of single-child nodes becomes a plain literal, so the regex nests only where values branch.
     while len(node) == 1 and _TRIE_END not in node:
@@ -236,21 +246,22 @@ def _trie_to_pattern(node: dict) -> str:
     return "".join(literal) + group
 
 
-def _compile_literals(values: Iterable[str]) -> re.Pattern | None:
+def _compile_literals(values: Iterable[str]) -> re.Pattern:
     """Compile one regex that matches any of ``values``, the longest where several start at one position.
 
     The values are merged into a prefix tree, so a search costs about the same for a thousand
-    values as for ten. Returns None when there are no values.
+    values as for ten. ``values`` must not be empty.
     """
     values = list(values)
+    if not values:
+        # An empty pattern would match everywhere and mask whole lines.
+        raise ValueError("no values to compile")
     trie: dict = {}
     for value in values:
         node = trie
         for character in value:
             node = node.setdefault(character, {})
         node[_TRIE_END] = {}
-    if not trie:
-        return None
     try:
         return re.compile(_trie_to_pattern(trie))
     except (RecursionError, re.error, OverflowError):
@@ -259,22 +270,39 @@ def _compile_literals(values: Iterable[str]) -> re.Pattern | None:
         return re.compile("|".join(re.escape(value) for value in sorted(values, key=len, reverse=True)))
 
 
-def _mask_known_secrets(pattern: re.Pattern | None, text: str) -> str:
-    """Mask every occurrence of a known secret, including secrets that overlap each other."""
-    if pattern is None:
-        return text
-
-    pieces = []
+def _known_secret_spans(pattern: re.Pattern, text: str) -> list[tuple[int, int]]:
+    spans = []
     position = 0
     while (match := pattern.search(text, position)) is not None:
         start, end = match.span()
-        # Another secret may start inside this one and run past its end; mask the union of both.
+        # Another secret may start inside this one and run past its end; the span covers both.
         probe = start + 1
         while probe < end:
             overlapping = pattern.match(text, probe)
             if overlapping is not None and overlapping.end() > end:
                 end = overlapping.end()
             probe += 1
+        spans.append((start, end))
+        position = end
+    return spans
+
+
+def _mask_known_secrets(patterns: tuple[re.Pattern, ...], text: str) -> str:
+    """Mask every occurrence of a known secret. Overlapping and adjacent secrets become one ``MASK``."""
+    spans = sorted(span for pattern in patterns for span in _known_secret_spans(pattern, text))
+    if not spans:
+        return text
+
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+
+    pieces = []
+    position = 0
+    for start, end in merged:
         pieces.append(text[position:start])
         pieces.append(MASK)
         position = end
@@ -291,6 +319,8 @@ def _redact_line(line: str, state: _BlockState, rules: _Rules) -> str:
         return _continue_private_key(line, state, rules)
     if state.heredoc_marker is not None:
         return _continue_heredoc(line, state)
+    if state.in_quoted_value:
+        return _continue_quoted_value(line, state, rules)
     if state.bracket_depth > 0:
         return _continue_bracket_block(line, state, rules)
     return _redact_fresh_line(line, state, rules)
@@ -320,17 +350,34 @@ def _continue_heredoc(line: str, state: _BlockState) -> str:
     return _mask_whole_line(line)
 
 
+def _continue_quoted_value(line: str, state: _BlockState, rules: _Rules) -> str:
+    end = _QUOTED_VALUE_END.match(line)
+    if end is None:
+        return _mask_whole_line(line)
+
+    state.in_quoted_value = False
+    return _mask_whole_line(line[: end.end() - 1]) + '"' + _redact_rest(line[end.end():], state, rules)
+
+
 def _continue_bracket_block(line: str, state: _BlockState, rules: _Rules) -> str:
-    # Terraform and JSON never print a blank line inside a value, so a blank line ends the block;
-    # this keeps one miscounted bracket from hiding the rest of a log.
+    # A blank line ends the block, so one miscounted bracket cannot hide the rest of a log.
+    # Terraform's plan output (checked with 1.11.4) puts blank lines inside a map or list only
+    # in heredocs, which are tracked separately.
     if not line.strip():
         state.bracket_depth = 0
         return line
 
     end, state.bracket_depth = _find_bracket_end(line, 0, state.bracket_depth)
     if state.bracket_depth > 0:
+        _open_heredoc_at_end(line, state)
         return _mask_whole_line(line)
     return _mask_whole_line(line[: end - 1]) + line[end - 1] + _redact_rest(line[end:], state, rules)
+
+
+def _open_heredoc_at_end(line: str, state: _BlockState) -> None:
+    heredoc = _HEREDOC_AT_END.search(line)
+    if heredoc is not None:
+        state.heredoc_marker = heredoc.group(1)
 
 
 def _redact_fresh_line(line: str, state: _BlockState, rules: _Rules) -> str:
@@ -345,7 +392,7 @@ def _redact_fresh_line(line: str, state: _BlockState, rules: _Rules) -> str:
 
 
 def _mask_private_keys(line: str, state: _BlockState) -> str:
-    """Mask private key bodies after each BEGIN line; a BEGIN without END on this line opens a block."""
+    """Mask private key bodies after each BEGIN line. A BEGIN without END on this line opens a block."""
     pieces = []
     position = 0
     while (begin := _PRIVATE_KEY_BEGIN.search(line, position)) is not None:
@@ -390,7 +437,7 @@ def _is_secret_pair_key(match: re.Match) -> bool:
 
 
 def _mask_key_values(line: str, state: _BlockState) -> str:
-    """Mask the values of secret-like keys; a heredoc or unclosed bracket value opens a block in ``state``."""
+    """Mask the values of secret-like keys. A value that continues on the next line opens a block in ``state``."""
     pieces = []
     position = 0
     while (key := _KEY.search(line, position)) is not None:
@@ -406,8 +453,12 @@ def _mask_key_values(line: str, state: _BlockState) -> str:
         position = value.end()
         if value.group().startswith("<<"):
             state.heredoc_marker = value.group().lstrip("<-")
+        elif value.end() == len(line) and _OPEN_QUOTED_VALUE.fullmatch(value.group()):
+            state.in_quoted_value = True
         elif value.group().endswith(_OPENING_BRACKETS):
             position, state.bracket_depth = _find_bracket_end(line, value.end(), 1)
+            if state.bracket_depth > 0:
+                _open_heredoc_at_end(line, state)
     pieces.append(line[position:])
     return "".join(pieces)
 
@@ -464,7 +515,7 @@ def _collect_sensitive(value, marks, found: set[str]) -> None:
         for item, item_marks in zip(value, marks):
             _collect_sensitive(item, item_marks, found)
     elif _contains_true(marks):
-        # The shapes differ, so the flagged part cannot be told apart: take all of it.
+        # The shapes differ, so the flagged part cannot be located. Collect all of the value.
         _collect_leaves(value, found)
 
 
@@ -487,12 +538,16 @@ def _collect_module(module, found: set[str]) -> None:
 def secrets_from_plan(plan: dict) -> list[str]:
     """Collect the values that a ``terraform show -json`` plan marks sensitive, longest first.
 
-    Sources: the ``before_sensitive``/``after_sensitive`` flags of ``resource_changes``,
-    ``resource_drift`` and ``output_changes``; the ``sensitive_values`` of resources in
-    ``planned_values`` and ``prior_state``; outputs with ``"sensitive": true``; and root
-    variables declared sensitive in ``configuration``. Strings and numbers (as strings) of at
-    least ``MIN_SECRET_LENGTH`` characters other than spaces are returned, each once. Fields that
-    are missing or of an unexpected type are skipped.
+    The values come from:
+
+    - the ``before_sensitive`` and ``after_sensitive`` flags of ``resource_changes``,
+      ``resource_drift`` and ``output_changes``,
+    - the ``sensitive_values`` of resources in ``planned_values`` and ``prior_state``,
+    - outputs there with ``"sensitive": true``,
+    - root variables declared sensitive in ``configuration``.
+
+    Each string and number (as a string) with at least ``MIN_SECRET_LENGTH`` characters other
+    than spaces is returned once. Fields that are missing or of an unexpected type are skipped.
     """
     found: set[str] = set()
     if not isinstance(plan, dict):
@@ -527,9 +582,9 @@ def secrets_from_plan(plan: dict) -> list[str]:
 class Redactor:
     """Mask secrets in text and JSON-like values.
 
-    ``line`` keeps state across calls for multi-line secrets (private key blocks, heredocs and
-    bracketed values under secret-like keys), so one instance serves one stream of output.
-    All methods are thread-safe.
+    ``line`` keeps state across calls for multi-line secrets (private key blocks, and heredocs,
+    quoted strings and bracketed values under secret-like keys), so one instance serves one stream of output.
+    All methods are thread-safe. ``failures`` counts the calls that returned ``WITHHELD``.
     """
 
     def __init__(self, extra_patterns: list[str] | None = None, known_secrets: list[str] | None = None):
@@ -537,7 +592,9 @@ class Redactor:
         self.failures = 0
         self._secrets: set[str] = set()
         self._secret_forms: set[str] = set()
-        self._compiled_secrets: tuple[re.Pattern | None, frozenset[str]] | None = None
+        # Forms added since the last compile, and the compiled tiers of earlier forms.
+        self._pending_forms: set[str] = set()
+        self._secret_tiers: list[tuple[frozenset[str], re.Pattern]] = []
         self._state = _BlockState()
         self._lock = threading.Lock()
         self._add_secrets(known_secrets or [])
@@ -560,10 +617,16 @@ class Redactor:
         self._add_secrets(secrets_from_plan(plan))
 
     def line(self, text: str) -> str:
-        """Redact one line of streamed output, or return ``WITHHELD`` if redaction fails."""
+        """Redact one line of streamed output, or return ``WITHHELD`` if redaction fails.
+
+        Text with newlines is redacted as several lines of the same stream.
+        """
         with self._lock:
             try:
-                return _redact_line(text, self._state, self._rules())
+                rules = self._rules()
+                if "\n" in text:
+                    return _redact_lines(text, self._state, rules)
+                return _redact_line(text, self._state, rules)
             except Exception as error:  # noqa: BLE001 - any failure must withhold the line, not show it
                 return self._withhold(error)
 
@@ -601,34 +664,57 @@ class Redactor:
                 if len(text.strip()) < MIN_SECRET_LENGTH or text in self._secrets:
                     continue
                 self._secrets.add(text)
-                self._secret_forms.update(_secret_forms(text))
-                self._compiled_secrets = None
+                new_forms = _secret_forms(text) - self._secret_forms
+                self._secret_forms.update(new_forms)
+                self._pending_forms.update(new_forms)
 
     def _rules(self) -> _Rules:
-        """Return the current matchers, recompiling known secrets after a change; the caller holds the lock."""
-        if self._compiled_secrets is None:
-            self._compiled_secrets = (_compile_literals(self._secret_forms), frozenset(self._secret_forms))
-        known_secrets, known_values = self._compiled_secrets
+        """Return the current matchers and compile the known secrets added since the last call.
+
+        The caller holds the lock.
+        """
+        if self._pending_forms:
+            self._compile_pending_forms()
         # ``patterns`` is a public list that callers may change, so it is copied on every call.
-        return _Rules(known_secrets, known_values, tuple(self.patterns))
+        return _Rules(tuple(pattern for _, pattern in self._secret_tiers), tuple(self.patterns))
+
+    def _compile_pending_forms(self) -> None:
+        """Compile the new secret forms into a tier, merged with the earlier tiers that are not larger.
+
+        Tier sizes grow like the digits of a binary counter, so a caller who alternates
+        ``add_secret`` and ``line`` pays about n log n in compiling instead of n squared, and a
+        line is searched by at most about log2(n) regexes.
+        """
+        forms = set(self._pending_forms)
+        self._pending_forms.clear()
+        while self._secret_tiers and len(self._secret_tiers[-1][0]) <= len(forms):
+            forms |= self._secret_tiers.pop()[0]
+        self._secret_tiers.append((frozenset(forms), _compile_literals(forms)))
 
     def _withhold(self, error: Exception) -> str:
-        """Count a redaction failure and return the placeholder; the caller holds the lock."""
+        """Count a redaction failure and return the placeholder. The caller holds the lock."""
         self.failures += 1
-        # Only the exception type is logged: its message may quote the text being redacted.
+        # Only the exception type is logged, because its message may quote the text being redacted.
         if self.failures == 1:
-            logger.error("Redaction failed with %s; the output was withheld", type(error).__name__)
+            logger.error(
+                "Redaction failed with %s, so the output was withheld. Later failures of this redactor are logged at debug level.",
+                type(error).__name__,
+            )
         else:
             logger.debug("Redaction failed again with %s (%d failures)", type(error).__name__, self.failures)
         return WITHHELD
 
 
-def _redact_block(text: str, rules: _Rules) -> str:
-    """Redact text of several lines, with its own multi-line state."""
+def _redact_lines(text: str, state: _BlockState, rules: _Rules) -> str:
+    """Redact text of several lines, continuing the multi-line secret recorded in ``state``."""
     # Known secrets go first over the whole text, because one may span several lines.
     text = _mask_known_secrets(rules.known_secrets, text)
-    state = _BlockState()
     return "\n".join(_redact_line(line, state, rules) for line in text.split("\n"))
+
+
+def _redact_block(text: str, rules: _Rules) -> str:
+    """Redact text of several lines, with its own multi-line state."""
+    return _redact_lines(text, _BlockState(), rules)
 
 
 def _redact_structure(value, rules: _Rules):
@@ -644,5 +730,6 @@ def _redact_structure(value, rules: _Rules):
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        return MASK if str(value) in rules.known_values else value
+        text = str(value)
+        return MASK if any(pattern.fullmatch(text) for pattern in rules.known_secrets) else value
     return _redact_block(str(value), rules)

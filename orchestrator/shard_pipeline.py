@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -212,7 +213,7 @@ class ShardPipeline:
             self._fail(error, prerequisites)
         except OrchestratorError as error:
             self.result.status = STATUS_FAILED
-            self.result.error = str(error)
+            self.result.error = self.redactor.text(str(error))
         except Exception as error:  # noqa: BLE001 - reported as this shard's failure, never a crash of the run
             logger.exception("internal error in shard %s", self.shard.id)
             self.result.status = STATUS_FAILED
@@ -438,16 +439,21 @@ class ShardPipeline:
 
         self._phase("apply")
         result = self.runner.run(apply_argv(self.context.toolchain.binary, str(plan_file), self.context.settings.terraform.lock_timeout))
+        errored_before = (workspace.directory / ERRORED_STATE_FILE).exists()
         state_saved = self._settle_errored_state(workspace)
         try:
+            if errored_before and state_saved and only_state_save_failed(result.output):
+                # Every change was made; only the upload failed, and the push just fixed that.
+                result.ok_codes = (result.exit_code,)
             raise_for_failure(result, f"{self.shard.id}: terraform apply")
         except (StalePlan, StateLockError):
             raise  # nothing was applied
-        except TerraformError:
-            if state_saved:
-                outcome = self._roll_back(store, backup, before, workspace)
-            else:
+        except TerraformError as error:
+            if not state_saved:
                 outcome = RollbackOutcome(NOT_ROLLED_BACK, target="-", backup_id=backup.backup_id, error="the state of the failed apply is not saved in the bucket yet, so a rollback would work from a wrong state")
+                self.result.rollback = outcome.as_dict()
+                raise ErroredStateBlocks(f"{self._errored_message()}\n{error}") from error
+            outcome = self._roll_back(store, backup, before, workspace)
             self.result.rollback = outcome.as_dict()
             self.result.notes.append(outcome.describe())
             raise
@@ -676,6 +682,16 @@ class ShardPipeline:
         if self.context.policy_stage is not None and record.get("policy", {}).get("status") not in ("passed", "passed with warnings"):
             return None
         return record
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:│\s*)?Error: (.*)$", re.MULTILINE)
+_STATE_SAVE_ERROR = re.compile(r"Failed to (?:save|persist|upload) state", re.IGNORECASE)
+
+
+def only_state_save_failed(output: str) -> bool:
+    """True when every error Terraform printed is about saving the state, none about a resource."""
+    errors = _ERROR_LINE.findall(output)
+    return bool(errors) and all(_STATE_SAVE_ERROR.search(error) for error in errors)
 
 
 def record_plan_policy(settings: Settings, shard: Shard, result: ShardResult, verdict: PolicyVerdict) -> None:

@@ -29,6 +29,8 @@ PLAN_HAS_CHANGES = 2
 
 INTERRUPT_GRACE_SECONDS = 60
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
 
 @dataclass
 class CommandResult:
@@ -267,7 +269,8 @@ class Runner:
         try:
             stream = process.stderr if stdout_path is not None else process.stdout
             for raw in stream:
-                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                # Some subcommands (state push) colour their output even without a terminal.
+                line = ANSI_ESCAPE.sub("", raw.decode("utf-8", errors="replace").rstrip("\r\n"))
                 captured.append(line)
                 self.log_line(line)
             exit_code = process.wait()

@@ -15,7 +15,7 @@ from orchestrator import redaction
 from orchestrator.redaction import MASK, WITHHELD, Redactor, is_secret_key, secrets_from_plan
 
 TESTS_DIR = Path(__file__).resolve().parent
-# The same folder as CASES_DIR in conftest.py, which pytest does not let tests import.
+# Computed like CASES_DIR in conftest.py, because tests should not import conftest.
 CASES_DIR = TESTS_DIR.parent.parent / "shared" / "cases"
 REDACTION_CASE = CASES_DIR / "redaction"
 PLANS_DIR = TESTS_DIR / "data" / "plans"
@@ -68,8 +68,16 @@ def test_case_secrets_are_masked(redact):
 def test_case_ordinary_lines_stay(redact):
     results = redact((REDACTION_CASE / "apply-output.txt").read_text(encoding="utf-8"))
     for result in results:
-        for kept in case_lines("must-stay.txt"):
-            assert kept in result
+        for expected_line in case_lines("must-stay.txt"):
+            assert expected_line in result
+
+
+def test_case_structure_has_no_secret_anywhere():
+    output = (REDACTION_CASE / "apply-output.txt").read_text(encoding="utf-8")
+    redacted = Redactor().structure({"output": output, "nested": [{"error": output}]})
+    for text in strings_in(redacted):
+        for secret in case_lines("must-not-appear.txt"):
+            assert secret not in text
 
 
 def test_case_line_count_is_kept():
@@ -153,8 +161,8 @@ def test_resource_address_line_is_kept(line, expected):
             "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJleGFtcGxlIn0.c2lnbmF0dXJlLWV4YW1wbGU issued",
             f"jwt {MASK} issued",
         ),
-        ("google AIzaSyA-Example0Example0Example0Example0", f"google {MASK}"),
-        ("npm npm_Example0Example0Example0Example0Example0", f"npm {MASK}"),
+        ("google AIzaSyA-Example0Example0Example0Examp1e", f"google {MASK}"),
+        ("npm npm_Example0Example0Example0Example0Exam", f"npm {MASK}"),
     ],
 )
 def test_credential_format_is_masked(line, expected):
@@ -198,7 +206,7 @@ def test_extra_pattern_is_masked():
         ('{"password":"x1y2z3","user":"bob"}', f'{{"password":{MASK},"user":"bob"}}'),
         ("--password=abc --user=bob", f"--password={MASK} --user=bob"),
         ("spring.datasource.password = s3cr3t", f"spring.datasource.password = {MASK}"),
-        ("connectionString = Server=db;Password=x", f"connectionString = {MASK}"),
+        ("connectionString = Server=db;Password=x", f"connectionString = {MASK};Password={MASK}"),
         ("note: rotate it, password=abc", f"note: rotate it, password={MASK}"),
         ('credentials = { user = "admin", pass = "p4ss" } done', f"credentials = {MASK} done"),
         ("secret_string = jsonencode({\"a\": \"b\"})", f"secret_string = {MASK}"),
@@ -300,7 +308,17 @@ def test_many_known_secrets_are_masked():
     redactor = Redactor(known_secrets=secrets)
     assert redactor.line("x known-secret-02999 y known-secret-00000 z") == f"x {MASK} y {MASK} z"
     assert redactor.line("known-secret-1") == "known-secret-1"
-    assert redactor.known_secrets[0] == "known-secret-00000" or len(redactor.known_secrets[0]) == len("known-secret-00000")
+    assert len(redactor.known_secrets) == 3000
+
+
+def test_secrets_added_between_lines_overlap():
+    redactor = Redactor()
+    redactor.add_secret("abcdef")
+    assert redactor.line("abcdef") == MASK
+    redactor.add_secret("defghi")
+    assert redactor.line("xabcdefghix") == f"x{MASK}x"
+    redactor.add_secret("ghijkl")
+    assert redactor.line("abcdefghijkl ghijkl!") == f"{MASK} {MASK}!"
 
 
 def test_numeric_known_secret_is_masked():
@@ -339,6 +357,13 @@ def test_private_key_split_across_lines():
 def test_private_key_text_matches_lines():
     redactor = Redactor()
     assert Redactor().text("\n".join(PRIVATE_KEY_LINES)) == "\n".join(redactor.line(line) for line in PRIVATE_KEY_LINES)
+
+
+def test_line_with_newlines_is_split():
+    redactor = Redactor()
+    assert redactor.line('password = "first\nsecond" port = 5432') == f'password = {MASK}\n{MASK}" port = 5432'
+    assert redactor.line("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0") == f"-----BEGIN PRIVATE KEY-----\n{MASK}"
+    assert redactor.line("MIIEvQIBADANBgkqhkiG9w0") == MASK
 
 
 def test_text_leaves_line_state_alone():
@@ -398,6 +423,25 @@ def test_secret_map_block_is_masked():
         "    )",
         '  + tags = { Name = "kept" }',
     ]
+
+
+def test_secret_string_across_lines_is_masked():
+    redactor = Redactor()
+    assert redactor.line('  ~ token = "old" -> "first half') == f"  ~ token = {MASK}"
+    assert redactor.line("  second half") == f"  {MASK}"
+    assert redactor.line('third \\" half", region = "eu-west-1"') == f'{MASK}", region = "eu-west-1"'
+    assert redactor.line('name = "visible"') == 'name = "visible"'
+
+
+def test_plan_heredoc_inside_secret_map():
+    # Real `terraform plan` output (Terraform 1.11.4) of a map under `credentials` whose strings
+    # are heredocs with blank lines.
+    plan_output = (TESTS_DIR / "data" / "redaction" / "plan-nested-heredoc.txt").read_text(encoding="utf-8")
+    redacted = Redactor().text(plan_output)
+    for secret in ("svc-admin-4411", "note-first-4412", "note-second-4413", "list-item-4414", "list-item-4415", "pem-line-4416", "pem-line-4417", "pem-line-4418"):
+        assert secret not in redacted
+    for expected_line in ('          + credentials = (redacted)', '          + region      = "eu-west-1"', "          + json        = jsonencode(", "                      + b = \"c\"", "Plan: 1 to add, 0 to change, 0 to destroy."):
+        assert expected_line in redacted.split("\n")
 
 
 def test_blank_line_ends_unclosed_block():
@@ -510,18 +554,19 @@ def test_real_plan_with_sensitive_attribute():
 
 
 @pytest.mark.parametrize(
-    "plan",
+    ("plan", "expected"),
     [
-        {},
-        None,
-        [],
-        {"resource_changes": None, "output_changes": [], "variables": "x", "configuration": {"root_module": None}},
-        {"resource_changes": [None, {"change": None}, {"change": {"after": {"a": "value-1"}, "after_sensitive": [True]}}]},
-        {"output_changes": {"o": {"after": ["value-2"], "after_sensitive": {"x": True}}}},
+        ({}, []),
+        (None, []),
+        ([], []),
+        ({"resource_changes": None, "output_changes": [], "variables": "x", "configuration": {"root_module": None}}, []),
+        ({"resource_changes": [None, {"change": None}, {"change": {"after": {"a": "value-1"}, "after_sensitive": [True]}}]}, ["value-1"]),
+        ({"output_changes": {"o": {"after": ["value-2"], "after_sensitive": {"x": True}}}}, ["value-2"]),
+        ({"planned_values": {"outputs": {"o": {"sensitive": "yes", "value": "value-3"}}}}, []),
     ],
 )
-def test_malformed_plan_does_not_crash(plan):
-    assert isinstance(secrets_from_plan(plan), list)
+def test_malformed_plan_does_not_crash(plan, expected):
+    assert secrets_from_plan(plan) == expected
 
 
 def test_mismatched_shapes_fail_closed():
@@ -541,7 +586,7 @@ def test_add_plan_masks_sensitive_values():
 
 
 class RaisingPattern:
-    """Stands in for a compiled regex and raises on use, with the input in the message."""
+    """A stand-in for a compiled regex that raises on use, with the input in the message."""
 
     def _raise(self, text, *args, **kwargs):
         raise ValueError(f"cannot redact {text!r}")
@@ -630,9 +675,10 @@ def test_twenty_thousand_lines_are_fast():
         ]
     redactor = Redactor(known_secrets=[f"known-secret-{number:04d}" for number in range(500)])
 
-    started = time.perf_counter()
+    # CPU time of this process, so other work on a busy machine does not count.
+    started = time.process_time()
     redacted = [redactor.line(line) for line in lines]
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
 
     assert len(redacted) == 20_000
     assert "AKIAIOSFODNN7EXAMPLE" not in "\n".join(redacted)

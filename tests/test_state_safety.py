@@ -362,3 +362,78 @@ def test_two_concurrent_applies_on_one_shard(repo, tmp_path):
     assert managed_addresses(state) >= {'aws_s3_bucket.this["shared"]'}
     buckets = [b["Name"] for b in clients(repo, "s3", "staging").list_buckets()["Buckets"] if b["Name"].startswith("concurrent-shared")]
     assert len(buckets) == 1
+
+
+# --- errored.tfstate ------------------------------------------------------------------------------
+
+# Terraform writes errored.tfstate when the backend refuses the state at the end of an apply.
+# The sandbox cannot be made to refuse one upload, so a wrapper in front of the real terraform
+# fails the upload (and, on request, the push) at the process boundary; everything else is real.
+FAULTY_TERRAFORM = """#!/bin/sh
+faults="{faults}"
+if [ "$1" = apply ] && [ -e "$faults/upload" ]; then
+  "{real}" "$@" || exit $?
+  # The bucket keeps the state from before this apply; the errored copy is one serial ahead.
+  "{real}" state pull | "{python}" -c 'import json, sys; s = json.load(sys.stdin); s["serial"] += 1; json.dump(s, sys.stdout)' > errored.tfstate
+  echo "Error: Failed to save state: the S3 backend refused the upload (simulated)"
+  exit 1
+fi
+if [ "$1" = state ] && [ "$2" = push ] && [ -e "$faults/push" ]; then
+  echo "Error: Failed to persist state to backend (simulated)"
+  exit 1
+fi
+exec "{real}" "$@"
+"""
+
+
+def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    wrapper = tmp_path / "terraform"
+    wrapper.write_text(FAULTY_TERRAFORM.format(faults=faults, real=shutil.which("terraform"), python=sys.executable))
+    wrapper.chmod(0o755)
+    settings_file = repo / "orchestrator.toml"
+    original_settings = settings_file.read_text()
+    settings_file.write_text(original_settings.replace("[terraform]\n", f'[terraform]\nbinary = "{wrapper}"\n', 1))
+    deployment = repo / "Accounts" / "staging" / "errored-probe.tfvars"
+    shard = "staging/errored-probe/s3"
+    workspace = repo / ".orchestrator" / "shards" / "staging" / "errored-probe" / "s3"
+    kept = repo / ".orchestrator" / "errored-state" / "staging" / "errored-probe" / "s3"
+    try:
+        # The upload fails and so does the push right after it: the state is kept, encrypted.
+        deployment.write_text(kill_probe_file({"one": None}).replace("kill-probe", "errored-probe"))
+        (faults / "upload").touch()
+        (faults / "push").touch()
+        code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
+        assert code == 1, output
+        result = latest_report(repo)["shards"][0]
+        assert result["status"] == "failed" and "kept encrypted" in result["error"], result
+        assert result["rollback"]["status"] == "not rolled back"
+        assert not (workspace / "errored.tfstate").exists()
+        encrypted = (kept / "errored.tfstate.enc").read_bytes()
+        assert b"lineage" not in encrypted and oct((kept / "errored.tfstate.enc").stat().st_mode & 0o777) == "0o600"
+
+        # Further applies are blocked while the push keeps failing.
+        (faults / "upload").unlink()
+        code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
+        assert code == 1 and "blocked until it is pushed" in output, output
+        code, output = run_cli(repo, "errored-state", "--shard", shard)
+        assert code == 0 and "kept encrypted" in output, output
+
+        # Once the backend takes it again, the next apply pushes the kept state first.
+        (faults / "push").unlink()
+        code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
+        assert code == 0, output
+        result = latest_report(repo)["shards"][0]
+        assert any("pushed the state kept from run" in note for note in result["notes"]), result
+        assert not kept.joinpath("marker.json").exists()
+
+        # A failed upload whose push works right away counts as applied: every change was made.
+        deployment.write_text(kill_probe_file({"one": None, "two": None}).replace("kill-probe", "errored-probe"))
+        (faults / "upload").touch()
+        code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
+        assert code == 0, output
+        result = latest_report(repo)["shards"][0]
+        assert result["status"] == "applied" and any("pushed right after the apply" in note for note in result["notes"]), result
+    finally:
+        settings_file.write_text(original_settings)
