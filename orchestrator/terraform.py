@@ -47,8 +47,9 @@ class CommandResult:
 
     @property
     def command(self) -> str:
-        """Return the binary's name and subcommand, such as ``terraform plan``."""
-        return " ".join([Path(self.argv[0]).name, *self.argv[1:2]])
+        """Return the binary's name and subcommand, such as ``terraform plan`` or ``terraform state pull``."""
+        words = 3 if self.argv[1:2] == ["state"] else 2
+        return " ".join([Path(self.argv[0]).name, *self.argv[1:words]])
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.output.rstrip().splitlines()[-lines:])

@@ -222,7 +222,8 @@ def test_apply_uses_saved_plan_and_replans_dependents(first_apply, sandbox_repo)
     assert code == 0, output
     assert shards["staging/payments/kms"]["status"] == "applied"
     assert shards["staging/payments/kms"]["used_saved_plan"] is True
-    assert [c["command"] for c in shards["staging/payments/kms"]["commands"]] == ["terraform apply"]
+    # The saved plan is applied as it is; only the state backup comes before it.
+    assert [c["command"] for c in shards["staging/payments/kms"]["commands"]] == ["terraform state pull", "terraform apply"]
     # The bucket shard's saved plan predates the key's apply, so it is planned again.
     assert shards["staging/payments/s3"]["status"] == "applied"
     assert shards["staging/payments/s3"]["used_saved_plan"] is False

@@ -437,3 +437,62 @@ def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_
         assert result["status"] == "applied" and any("pushed right after the apply" in note for note in result["notes"]), result
     finally:
         settings_file.write_text(original_settings)
+
+
+# --- redaction through every output path -----------------------------------------------------------
+
+CASE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "cases" / "redaction"
+
+# Terraform's apply prints the case's output (secrets included) and fails, as a real failing
+# apply of that configuration would; plan, show and the rollback that follows are real.
+LEAKY_TERRAFORM = """#!/bin/sh
+if [ "$1" = apply ]; then
+  cat "{case}"
+  echo "Error: creating Lambda Function (api): simulated failure after the output above"
+  exit 1
+fi
+exec "{real}" "$@"
+"""
+
+
+def test_redaction_holds_through_every_output_path(repo, tmp_path):
+    wrapper = tmp_path / "terraform"
+    wrapper.write_text(LEAKY_TERRAFORM.format(case=CASE_DIR / "apply-output.txt", real=shutil.which("terraform")))
+    wrapper.chmod(0o755)
+    settings_file = repo / "orchestrator.toml"
+    original_settings = settings_file.read_text()
+    settings_file.write_text(original_settings.replace("[terraform]\n", f'[terraform]\nbinary = "{wrapper}"\n', 1))
+    (repo / "Accounts" / "staging" / "leaky.tfvars").write_text(kill_probe_file({"leaky": None}).replace("kill-probe", "leaky"))
+    json_report, markdown_report = tmp_path / "report.json", tmp_path / "report.md"
+    try:
+        code, console = run_cli(repo, "apply", "--deployment", "staging/leaky", "--sandbox", "--json", str(json_report), "--markdown", str(markdown_report))
+    finally:
+        settings_file.write_text(original_settings)
+    assert code == 1, console
+    run_dir = repo / ".orchestrator" / "runs" / json.loads(json_report.read_text())["run_id"]
+
+    seen = {"console": console, "--json report": json_report.read_text(), "--markdown report": markdown_report.read_text()}
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            seen[str(path.relative_to(run_dir))] = path.read_text(errors="replace")
+    assert {"report.json", "report.md", "shards/staging/leaky/s3/terraform.log"} <= set(seen)
+    assert "sk_live_" not in seen["shards/staging/leaky/s3/terraform.log"]
+
+    secrets = [line for line in (CASE_DIR / "must-not-appear.txt").read_text().splitlines() if line.strip()]
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} leaked into {where}"
+    log = seen["shards/staging/leaky/s3/terraform.log"]
+    for line in (CASE_DIR / "must-stay.txt").read_text().splitlines():
+        if line.strip():
+            assert line in log, f"{line!r} was lost from the log"
+    assert "(redacted)" in seen["report.json"] and "(redacted)" in console
+
+    # The encrypted audit record is the one place that keeps the output as Terraform printed it.
+    settings = load_settings(repo)
+    s3 = clients(repo, "s3", "state", settings.audit.region)
+    run_id = json.loads(json_report.read_text())["run_id"]
+    records = [r for r in query(settings, s3, date.today(), date.today(), action="apply") if r.run_id == run_id]
+    assert records and all(secret in records[0].output for secret in secrets)
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=settings.audit.bucket, Prefix="audit/")["Contents"] if run_id in item["Key"]]
+    assert keys and all(s3.head_object(Bucket=settings.audit.bucket, Key=key)["ServerSideEncryption"] in ("AES256", "aws:kms") for key in keys)
