@@ -125,7 +125,9 @@ def audit(c, since="", until="", account="", result="", action="", shard="", jso
     argv = ["audit"]
     for flag, value in (("--since", since), ("--until", until), ("--account", account), ("--result", result), ("--action", action), ("--shard", shard)):
         argv += [flag, value] if value else []
-    argv += (["--json"] if json else []) + (["--show-output"] if show_output else []) + (["--sandbox"] if sandbox else [])
+    for flag, given in (("--json", json), ("--show-output", show_output), ("--sandbox", sandbox)):
+        if given:
+            argv.append(flag)
     _call(argv)
 
 

@@ -12,7 +12,7 @@ Layout under the state bucket of a shard's region (``<key>`` is the shard's stat
   last apply that succeeded, copied into each new backup.
 
 A backup id is ``<UTC time>-<run id>-<reason>``, so ids sort by time. Every object is written
-with server-side encryption (KMS when ``state.kms_key_id`` is set), because a state holds secrets.
+with server-side encryption (KMS when ``state.kms_key_id`` is set), because a state contains secrets.
 """
 
 from __future__ import annotations
@@ -130,10 +130,11 @@ def _referenced_paths(shard: Shard) -> list[str]:
         if not isinstance(entries, dict):
             continue
         for entry in entries.values():
-            value = entry.get(reference["field"]) if isinstance(entry, dict) else None
-            for relative in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
-                if isinstance(relative, str) and relative:
-                    paths.add(relative)
+            if not isinstance(entry, dict):
+                continue
+            value = entry.get(reference["field"])
+            candidates = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            paths.update(relative for relative in candidates if isinstance(relative, str) and relative)
     return sorted(paths)
 
 
@@ -162,7 +163,12 @@ def build_bundle(shard: Shard, workspace_dir: Path, module_files: list[str], rep
             source = (repo_root / relative).resolve()
             if not source.is_relative_to(repo_root):
                 continue  # validation already refused it; never pack a file outside the repo
-            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source] if source.is_file() else []
+            if source.is_dir():
+                files = sorted(path for path in source.rglob("*") if path.is_file())
+            elif source.is_file():
+                files = [source]
+            else:
+                files = []
             for path in files:
                 _add_bytes(archive, f"{BUNDLE_REPO_DIR}/{path.relative_to(repo_root).as_posix()}", path.read_bytes())
         digests = {

@@ -2,7 +2,7 @@
 
 Terraform writes it into the working directory when saving state to the backend fails. It is
 then the only record of what the apply created, so it must not be lost, must not lie around in
-clear text (a state holds secrets) and must stop further applies of the shard: an apply
+clear text (a state contains secrets) and must stop further applies of the shard: an apply
 against the older state in the bucket would create everything a second time.
 
 The file is encrypted (Fernet, with a key of this checkout in ``.orchestrator/keys``, owner

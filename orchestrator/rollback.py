@@ -42,7 +42,7 @@ class RollbackOutcome:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for the summary and the progress output."""
+        """Return one line for the summary and the progress output."""
         if self.status == ROLLED_BACK:
             return f"{ROLLED_BACK} to {self.target}: {len(self.planned)} change(s) undone"
         if self.status == NOT_ROLLED_BACK:

@@ -304,7 +304,7 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     from .markdown_report import render_markdown
 
     markdown = run_redactor.text(render_markdown(report))
-    # Plan JSON holds secrets in clear text; it is deleted once the reports no longer need it.
+    # Plan JSON contains secrets in clear text, so it is deleted once the reports no longer need it.
     for result in report.results:
         if result.plan_json_file:
             Path(result.plan_json_file).unlink(missing_ok=True)

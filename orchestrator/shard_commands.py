@@ -1,8 +1,9 @@
 """Commands on one shard's state: backups, restore-state, rollback, unlock, errored-state.
 
-Each command opens the shard the way a run does (working directory held against other runs
-of this checkout, credentials of the shard's account, Terraform through the same runner and
-redacted log) and writes an audit record of what it did.
+Each command opens the shard the way a run does: the working directory is held against
+other runs of this checkout, Terraform runs with the credentials of the shard's account, and
+its output goes through the same runner into a redacted log. Each command also writes an
+audit record of what it did.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ class RestoreRefused(OrchestratorError):
 
 
 class NotConfirmed(OrchestratorError):
-    """The person said no, or there was nobody to ask and --yes was not given."""
+    """The confirmation was declined, or standard input is not a terminal and --yes was not given."""
 
 
 def confirm(question: str, assume_yes: bool, stream: TextIO) -> None:
-    """Ask ``question``; raise NotConfirmed unless the answer is yes."""
+    """Prompt with ``question``; raise NotConfirmed unless the reply is yes."""
     if assume_yes:
         return
     if not sys.stdin.isatty():
-        raise NotConfirmed(f"{question} Nobody can answer here (standard input is not a terminal); pass --yes to confirm in a script")
+        raise NotConfirmed(f"{question} Confirmation is required, but standard input is not a terminal; pass --yes to confirm in a script")
     stream.write(f"{question} [y/N] ")
     stream.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
@@ -156,7 +157,7 @@ def restore_state(settings: Settings, shard_id: str, backup_id: str, sandbox: bo
         restored = store.state_of(backup)
         current = pipeline._pull_state("current")
         if not restored.exists:
-            raise RestoreRefused(f"backup {backup_id} holds no state (it was taken before the shard's first apply); to remove the resources use invoke rollback --shard {shard_id} --backup {backup_id}")
+            raise RestoreRefused(f"backup {backup_id} contains no state (it was taken before the shard's first apply); to remove the resources use invoke rollback --shard {shard_id} --backup {backup_id}")
         if current.exists and current.lineage != restored.lineage:
             raise RestoreRefused(
                 f"backup {backup_id} has lineage {restored.lineage}, the current state {current.lineage}: it belongs to another state history and would replace it; "

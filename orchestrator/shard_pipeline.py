@@ -546,7 +546,8 @@ class ShardPipeline:
             outcome.status = ROLLBACK_FAILED
             outcome.error = self.redactor.text(error.headline)
             outcome.not_converged = [{"address": address, "actions": ["delete"]} for address in created]
-        if outcome.error and outcome.status == ROLLED_BACK:
+        if outcome.error and outcome.status == ROLLED_BACK and outcome.not_converged:
+            # Judged by the plan made after the failure: fewer pending changes means part of it worked.
             outcome.status = PARTLY_ROLLED_BACK if len(outcome.not_converged) < len(outcome.planned) else ROLLBACK_FAILED
         self.runner.results.extend(r for r in runner.results if r not in self.runner.results)
         return outcome
@@ -565,7 +566,7 @@ class ShardPipeline:
     def converge(self, runner: Runner, destroy: bool = False, before_apply: Callable[[list[dict]], object] | None = None) -> tuple[list[dict], list[dict], str]:
         """Plan and apply in ``runner``'s directory; return planned changes, changes left, error.
 
-        ``before_apply`` sees the planned changes first and may raise to stop before the apply.
+        ``before_apply`` receives the planned changes first and may raise to stop before the apply.
         """
         binary = self.context.toolchain.binary
         lock_timeout = self.context.settings.terraform.lock_timeout

@@ -2,7 +2,7 @@
 
 The probe deployment owns two IAM roles in the staging account. Its second version changes
 one role and adds another whose managed policy does not exist, so the provider creates the
-role and then fails on the attachment: an apply that fails halfway. What the account holds
+role and then fails on the attachment: an apply that fails halfway. What the account contains
 afterwards is read with boto3, never taken from the orchestrator's own report.
 """
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.terraform
 PROBE = "staging/rollback-probe"
 PROBE_SHARD = f"{PROBE}/iam"
 POLICY_FILE = "Accounts/staging/iam/orders-api.json"
-# The tagging policy asks every resource for these.
+# The tagging policy requires these tags on every resource.
 TAGS = 'tags = {\n  Owner      = "platform-team"\n  CostCentre = "CC-1001"\n}\n'
 
 
@@ -136,20 +136,25 @@ def failed_apply(repo):
     return {"code": code, "output": output, "report": latest_report(repo), "first_state": first_state}
 
 
-def test_first_apply_takes_a_backup_of_the_empty_state(failed_apply, repo):
+def test_first_apply_backs_up_empty_state(failed_apply, repo):
     backups = backups_of(repo, PROBE_SHARD)
     first = backups[0]
-    assert first["reason"] == "pre-apply" and first["empty"] is True and first["configuration"] is None
+    assert first["reason"] == "pre-apply"
+    assert first["empty"] is True
+    assert first["configuration"] is None
 
 
-def test_backup_holds_state_metadata_and_configuration(failed_apply, repo):
+def test_backup_contents(failed_apply, repo):
     backups = backups_of(repo, PROBE_SHARD)
     before_failure = [b for b in backups if b["reason"] == "pre-apply"][-1]
     first_state = failed_apply["first_state"]
-    assert before_failure["serial"] == first_state["serial"] and before_failure["lineage"] == first_state["lineage"]
+    assert before_failure["serial"] == first_state["serial"]
+    assert before_failure["lineage"] == first_state["lineage"]
     assert set(before_failure["resources"]) == managed_addresses(first_state)
     configuration = before_failure["configuration"]
-    assert configuration["values_sha256"] and configuration["module_sha256"] and configuration["git_revision"]
+    assert configuration["values_sha256"]
+    assert configuration["module_sha256"]
+    assert configuration["git_revision"]
 
     s3 = clients(repo, "s3", "state")
     prefix = f"backups/{before_failure['state_key']}/{before_failure['backup_id']}/"
@@ -167,7 +172,7 @@ def test_backup_holds_state_metadata_and_configuration(failed_apply, repo):
     assert values["iam_roles"]["probe-keep"]["description"] == "version one"
 
 
-def test_halfway_failure_is_rolled_back_to_the_last_good_configuration(failed_apply, repo):
+def test_halfway_failure_rolls_back(failed_apply, repo):
     assert failed_apply["code"] == 1, failed_apply["output"]
     shard = failed_apply["report"]["shards"][0]
     assert shard["status"] == "failed"
@@ -175,7 +180,7 @@ def test_halfway_failure_is_rolled_back_to_the_last_good_configuration(failed_ap
     assert 'aws_iam_role.this["probe-new"]' in shard["rollback"]["created_by_failed_apply"]
     assert "failed, rolled back" in failed_apply["output"]
 
-    # The account holds what the last good configuration describes, and nothing more.
+    # The account contains what the last good configuration describes, and nothing more.
     assert probe_roles(repo) == {"probe-keep": "version one"}
     iam = clients(repo, "iam", "staging")
     assert iam.list_attached_role_policies(RoleName="probe-keep")["AttachedPolicies"] == []
@@ -194,7 +199,8 @@ def test_rollback_is_audited(failed_apply, repo):
     rollbacks = query(settings, s3, today, today, account="staging", action="rollback")
     assert [r.result for r in rollbacks] == ["rolled back"]
     applies = query(settings, s3, today, today, account="222222222222", action="apply", result="failed")
-    assert applies and "PolicyThatDoesNotExist" in applies[-1].output
+    assert applies
+    assert "PolicyThatDoesNotExist" in applies[-1].output
 
 
 def test_restore_state_round_trip(failed_apply, repo):
@@ -209,7 +215,8 @@ def test_restore_state_round_trip(failed_apply, repo):
     assert code == 0, output
     restored = state_document(repo, state_key)
     # Terraform accepts only a higher serial of the same lineage, so the push can never go backwards.
-    assert restored["serial"] > serial_now and restored["lineage"] == after_failure["lineage"]
+    assert restored["serial"] > serial_now
+    assert restored["lineage"] == after_failure["lineage"]
     assert 'aws_iam_role.this["probe-new"]' in managed_addresses(restored)
     assert 'aws_iam_role.this["probe-new"]: delete' in output
 
@@ -218,7 +225,8 @@ def test_restore_state_round_trip(failed_apply, repo):
     assert managed_addresses(state_document(repo, state_key)) == set(before_failure["resources"])
     # Every resource of this state exists; at most the provider refreshes attributes it did not record at creation.
     drift = output.split("refresh-only plan")[-1]
-    assert ": delete" not in drift and "probe-new" not in drift, output
+    assert ": delete" not in drift, output
+    assert "probe-new" not in drift, output
     assert any(b["reason"] == "pre-restore" for b in backups_of(repo, PROBE_SHARD))
 
 
@@ -238,7 +246,8 @@ def test_restore_refuses_another_lineage(failed_apply, repo):
     serial_before = state_document(repo, source["state_key"])["serial"]
 
     code, output = run_cli(repo, "restore-state", "--shard", PROBE_SHARD, "--backup", foreign_id, "--sandbox", "--yes")
-    assert code == 4 and "another state history" in output, output
+    assert code == 4, output
+    assert "another state history" in output, output
     assert state_document(repo, source["state_key"])["serial"] == serial_before
 
 
@@ -246,13 +255,54 @@ def test_rollback_command_converges_to_a_chosen_backup(failed_apply, repo):
     # The first backup was taken before the shard's first apply: converging to it removes everything.
     first = backups_of(repo, PROBE_SHARD)[0]
     code, output = run_cli(repo, "rollback", "--shard", PROBE_SHARD, "--backup", first["backup_id"], "--sandbox")
-    assert code == 4 and "--yes" in output, output  # nobody to ask in a test: refused
+    assert code == 4, output
+    assert "--yes" in output, output
     assert probe_roles(repo) == {"probe-keep": "version one"}
 
     code, output = run_cli(repo, "rollback", "--shard", PROBE_SHARD, "--backup", first["backup_id"], "--sandbox", "--yes")
     assert code == 0, output
     assert probe_roles(repo) == {}
     assert managed_addresses(state_document(repo, first["state_key"])) == set()
+
+
+
+# A rollback whose own apply fails: the wrapper refuses every apply in a rollback folder.
+ROLLBACK_REFUSING_TERRAFORM = """#!/bin/sh
+case "$(pwd)" in
+  */.orchestrator/rollback/*)
+    if [ "$1" = apply ]; then
+      echo "Error: simulated failure of the rollback's apply"
+      exit 1
+    fi;;
+esac
+exec "{real}" "$@"
+"""
+
+
+def test_failed_rollback_lists_resources(repo, tmp_path):
+    deployment = repo / "Accounts" / "staging" / "rollback-fails.tfvars"
+    deployment.write_text(probe_file("kept as one", with_broken_role=False).replace("rollback-probe", "rollback-fails").replace("probe-keep", "fails-keep"))
+    code, output = run_cli(repo, "apply", "--deployment", "staging/rollback-fails", "--sandbox")
+    assert code == 0, output
+
+    wrapper = tmp_path / "terraform"
+    wrapper.write_text(ROLLBACK_REFUSING_TERRAFORM.format(real=shutil.which("terraform")))
+    wrapper.chmod(0o755)
+    settings_file = repo / "orchestrator.toml"
+    original_settings = settings_file.read_text()
+    settings_file.write_text(original_settings.replace("[terraform]\n", f'[terraform]\nbinary = "{wrapper}"\n', 1))
+    deployment.write_text(probe_file("changed to two", with_broken_role=True).replace("rollback-probe", "rollback-fails").replace("probe-keep", "fails-keep").replace("probe-new", "fails-new"))
+    try:
+        code, output = run_cli(repo, "apply", "--deployment", "staging/rollback-fails", "--sandbox")
+    finally:
+        settings_file.write_text(original_settings)
+    assert code == 1, output
+    rollback = latest_report(repo)["shards"][0]["rollback"]
+    assert rollback["status"] == "rollback failed", rollback
+    not_converged = {item["address"]: item["actions"] for item in rollback["not_converged"]}
+    assert not_converged == {'aws_iam_role.this["fails-keep"]': ["update"], 'aws_iam_role.this["fails-new"]': ["delete"]}, rollback
+    assert "failed, rollback failed" in output
+    assert 'aws_iam_role.this["fails-new"] (delete)' in output
 
 
 # --- locks ---------------------------------------------------------------------------------------
@@ -286,7 +336,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_sigkill_mid_apply_leaves_state_intact_and_the_lock_is_reported_then_released(repo):
+def test_sigkill_mid_apply_then_unlock(repo):
     deployment_file = repo / "Accounts" / "staging" / "kill-probe.tfvars"
     deployment_file.write_text(kill_probe_file({"first": None}))
     code, output = run_cli(repo, "apply", "--deployment", KILL_PROBE, "--sandbox")
@@ -316,18 +366,25 @@ def test_sigkill_mid_apply_leaves_state_intact_and_the_lock_is_reported_then_rel
     process.wait(timeout=30)
 
     state_after = state_document(repo, state_key)
-    assert state_after["lineage"] == state_before["lineage"] and state_after["serial"] >= state_before["serial"]
+    assert state_after["lineage"] == state_before["lineage"]
+    assert state_after["serial"] >= state_before["serial"]
 
     code, output = run_cli(repo, "plan", "--deployment", KILL_PROBE, "--sandbox")
     assert code == 1, output
-    assert "state lock is held (ID " in output and "OperationTypeApply" in output and "invoke unlock" in output
+    assert "state lock is held (ID " in output
+    assert "OperationTypeApply" in output
+    assert "invoke unlock" in output
 
     code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox")
-    assert code == 4 and "held by" in output and "--yes" in output, output
+    assert code == 4, output
+    assert "held by" in output, output
+    assert "--yes" in output, output
     code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox", "--yes")
-    assert code == 0 and "released lock" in output, output
+    assert code == 0, output
+    assert "released lock" in output, output
     code, output = run_cli(repo, "unlock", "--shard", f"{KILL_PROBE}/s3", "--sandbox", "--yes")
-    assert code == 0 and "not locked" in output, output
+    assert code == 0, output
+    assert "not locked" in output, output
 
     code, output = run_cli(repo, "plan", "--deployment", KILL_PROBE, "--sandbox")
     assert code == 0, output
@@ -367,8 +424,8 @@ def test_two_concurrent_applies_on_one_shard(repo, tmp_path):
 # --- errored.tfstate ------------------------------------------------------------------------------
 
 # Terraform writes errored.tfstate when the backend refuses the state at the end of an apply.
-# The sandbox cannot be made to refuse one upload, so a wrapper in front of the real terraform
-# fails the upload (and, on request, the push) at the process boundary; everything else is real.
+# The sandbox cannot be made to reject one upload. So a wrapper in front of the real terraform
+# fails the upload (and, on request, the push) at the process boundary. Everything else is real.
 FAULTY_TERRAFORM = """#!/bin/sh
 faults="{faults}"
 if [ "$1" = apply ] && [ -e "$faults/upload" ]; then
@@ -386,7 +443,7 @@ exec "{real}" "$@"
 """
 
 
-def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_path):
+def test_errored_state_kept_then_pushed(repo, tmp_path):
     faults = tmp_path / "faults"
     faults.mkdir()
     wrapper = tmp_path / "terraform"
@@ -407,18 +464,22 @@ def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_
         code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
         assert code == 1, output
         result = latest_report(repo)["shards"][0]
-        assert result["status"] == "failed" and "kept encrypted" in result["error"], result
+        assert result["status"] == "failed", result
+        assert "kept encrypted" in result["error"], result
         assert result["rollback"]["status"] == "not rolled back"
         assert not (workspace / "errored.tfstate").exists()
         encrypted = (kept / "errored.tfstate.enc").read_bytes()
-        assert b"lineage" not in encrypted and oct((kept / "errored.tfstate.enc").stat().st_mode & 0o777) == "0o600"
+        assert b"lineage" not in encrypted
+        assert oct((kept / "errored.tfstate.enc").stat().st_mode & 0o777) == "0o600"
 
         # Further applies are blocked while the push keeps failing.
         (faults / "upload").unlink()
         code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
-        assert code == 1 and "blocked until it is pushed" in output, output
+        assert code == 1, output
+        assert "blocked until it is pushed" in output, output
         code, output = run_cli(repo, "errored-state", "--shard", shard)
-        assert code == 0 and "kept encrypted" in output, output
+        assert code == 0, output
+        assert "kept encrypted" in output, output
 
         # Once the backend takes it again, the next apply pushes the kept state first.
         (faults / "push").unlink()
@@ -434,7 +495,8 @@ def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_
         code, output = run_cli(repo, "apply", "--deployment", "staging/errored-probe", "--sandbox")
         assert code == 0, output
         result = latest_report(repo)["shards"][0]
-        assert result["status"] == "applied" and any("pushed right after the apply" in note for note in result["notes"]), result
+        assert result["status"] == "applied", result
+        assert any("pushed right after the apply" in note for note in result["notes"]), result
     finally:
         settings_file.write_text(original_settings)
 
@@ -444,7 +506,7 @@ def test_errored_state_is_kept_encrypted_blocks_applies_and_is_pushed(repo, tmp_
 CASE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "cases" / "redaction"
 
 # Terraform's apply prints the case's output (secrets included) and fails, as a real failing
-# apply of that configuration would; plan, show and the rollback that follows are real.
+# apply of that configuration would. Plan, show and the rollback that follows are real.
 LEAKY_TERRAFORM = """#!/bin/sh
 if [ "$1" = apply ]; then
   cat "{case}"
@@ -455,7 +517,7 @@ exec "{real}" "$@"
 """
 
 
-def test_redaction_holds_through_every_output_path(repo, tmp_path):
+def test_redaction_on_every_output_path(repo, tmp_path):
     wrapper = tmp_path / "terraform"
     wrapper.write_text(LEAKY_TERRAFORM.format(case=CASE_DIR / "apply-output.txt", real=shutil.which("terraform")))
     wrapper.chmod(0o755)
@@ -486,13 +548,16 @@ def test_redaction_holds_through_every_output_path(repo, tmp_path):
     for line in (CASE_DIR / "must-stay.txt").read_text().splitlines():
         if line.strip():
             assert line in log, f"{line!r} was lost from the log"
-    assert "(redacted)" in seen["report.json"] and "(redacted)" in console
+    assert "(redacted)" in seen["report.json"]
+    assert "(redacted)" in console
 
     # The encrypted audit record is the one place that keeps the output as Terraform printed it.
     settings = load_settings(repo)
     s3 = clients(repo, "s3", "state", settings.audit.region)
     run_id = json.loads(json_report.read_text())["run_id"]
     records = [r for r in query(settings, s3, date.today(), date.today(), action="apply") if r.run_id == run_id]
-    assert records and all(secret in records[0].output for secret in secrets)
+    assert records
+    assert all(secret in records[0].output for secret in secrets)
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=settings.audit.bucket, Prefix="audit/")["Contents"] if run_id in item["Key"]]
-    assert keys and all(s3.head_object(Bucket=settings.audit.bucket, Key=key)["ServerSideEncryption"] in ("AES256", "aws:kms") for key in keys)
+    assert keys
+    assert all(s3.head_object(Bucket=settings.audit.bucket, Key=key)["ServerSideEncryption"] in ("AES256", "aws:kms") for key in keys)
