@@ -17,8 +17,10 @@ with server-side encryption (KMS when ``state.kms_key_id`` is set), because a st
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import os
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -84,9 +86,11 @@ class StateSnapshot:
             raise BackupError(f"{where}: the pulled state is not valid JSON ({error}); nothing was applied") from error
         if not isinstance(document, dict) or "lineage" not in document or "serial" not in document:
             raise BackupError(f"{where}: the pulled state has no lineage or serial, so it is not a Terraform state; nothing was applied")
+        if not isinstance(document["serial"], int) or isinstance(document["serial"], bool):
+            raise BackupError(f"{where}: the pulled state's serial {document['serial']!r} is not a number, so the state is damaged; nothing was applied")
         return cls(
             raw=raw,
-            serial=int(document["serial"]),
+            serial=document["serial"],
             lineage=str(document["lineage"]),
             terraform_version=document.get("terraform_version"),
             addresses=tuple(state_addresses(document)),
@@ -152,7 +156,8 @@ def build_bundle(shard: Shard, workspace_dir: Path, module_files: list[str], rep
     values_bytes = json.dumps(shard.values, indent=2, sort_keys=True, ensure_ascii=False).encode()
     module_hasher = hashlib.sha256()
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+    # gzip stores the current time in its header unless told otherwise; mtime=0 keeps bundles of one configuration identical.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as archive:
         for name in sorted(module_files):
             content = (workspace_dir / name).read_bytes()
             module_hasher.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
@@ -194,7 +199,10 @@ def extract_bundle(bundle: bytes, directory: Path) -> dict:
             if not member.isfile() or relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(root):
                 raise BackupError(f"configuration bundle entry {member.name!r} is not a plain relative file; the bundle is damaged")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.extractfile(member).read())
+            # Owner-only: the values and referenced files may contain secrets.
+            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(archive.extractfile(member).read())
     values_path = root / BUNDLE_VALUES
     values = json.loads(values_path.read_text(encoding="utf-8"))
     values_path.unlink()

@@ -71,11 +71,13 @@ class ErroredStateStore:
         """Write the kept state in clear to ``destination`` (mode 0600) for a push or a person."""
         try:
             clear = self._fernet().decrypt((self.folder / ENCRYPTED_NAME).read_bytes())
-        except (InvalidToken, FileNotFoundError) as error:
+        except (InvalidToken, FileNotFoundError, ValueError) as error:
             raise ErroredStateBlocks(f"the kept errored state in {self.folder} cannot be decrypted with {self.key_file} ({type(error).__name__}); restore that key file or resolve by hand") from error
         descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(clear)
+        # O_CREAT sets the mode only for a new file; an existing one is made private here.
+        os.chmod(destination, 0o600)
         return destination
 
     def clear(self) -> None:

@@ -48,7 +48,8 @@ class RollbackOutcome:
         if self.status == NOT_ROLLED_BACK:
             return f"{NOT_ROLLED_BACK}: {self.error}"
         left = ", ".join(f"{item['address']} ({'/'.join(item['actions'])})" for item in self.not_converged) or "unknown, see the log"
-        return f"{self.status} towards {self.target}; not where it should be: {left}"
+        reason = f" ({self.error.splitlines()[0]})" if self.error else ""
+        return f"{self.status} towards {self.target}{reason}; not where it should be: {left}"
 
 
 def planned_changes(plan: dict) -> list[dict]:

@@ -227,7 +227,7 @@ def test_apply_uses_saved_plan_and_replans_dependents(first_apply, sandbox_repo)
     # The bucket shard's saved plan predates the key's apply, so it is planned again.
     assert shards["staging/payments/s3"]["status"] == "applied"
     assert shards["staging/payments/s3"]["used_saved_plan"] is False
-    assert [c["command"] for c in shards["staging/payments/s3"]["commands"]] == ["terraform plan", "terraform show", "terraform apply"]
+    assert [c["command"] for c in shards["staging/payments/s3"]["commands"]] == ["terraform plan", "terraform show", "terraform state pull", "terraform apply"]
 
 
 def test_each_shard_has_its_own_log(first_apply, sandbox_repo):
