@@ -131,6 +131,12 @@ def audit(c, since="", until="", account="", result="", action="", shard="", jso
     _call(argv)
 
 
+@task(auto_shortflags=False, help={"sandbox": "in the embedded AWS sandbox instead of AWS"})
+def bootstrap(c, sandbox=False):
+    """Create the state buckets, the audit bucket and lock tables (once per organisation)."""
+    _call(["bootstrap"] + (["--sandbox"] if sandbox else []))
+
+
 @task(help={"port": "port on 127.0.0.1 (default 5480)", "latency_ms": "delay added to every request, in milliseconds"})
 def sandbox_up(c, port=0, latency_ms=-1):
     """Start the AWS sandbox (moto on 127.0.0.1) and create the state and audit buckets."""
@@ -181,4 +187,4 @@ sandbox_tasks.add_task(sandbox_up, "up")
 sandbox_tasks.add_task(sandbox_down, "down")
 sandbox_tasks.add_task(sandbox_status, "status")
 
-namespace = Collection(plan, apply, validate, shards, backups, restore_state, rollback, unlock, errored_state, audit, test, bench, sandbox_tasks)
+namespace = Collection(plan, apply, validate, shards, bootstrap, backups, restore_state, rollback, unlock, errored_state, audit, test, bench, sandbox_tasks)

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--show-output", action="store_true", help="also print each record's Terraform output, redacted")
     audit.add_argument("--sandbox", action="store_true", help="query the embedded AWS sandbox")
 
+    bootstrap = commands.add_parser("bootstrap", help="create the state buckets, the audit bucket and lock tables (once per organisation)")
+    bootstrap.add_argument("--sandbox", action="store_true", help="in the embedded AWS sandbox instead of AWS")
+
     sandbox_command = commands.add_parser("sandbox", help="the embedded AWS sandbox on 127.0.0.1")
     sandbox_command.add_argument("action", choices=["up", "down", "status"])
     sandbox_command.add_argument("--port", type=int, help="port on 127.0.0.1 (default: sandbox.port, 5480)")
@@ -244,6 +247,16 @@ def _shard_command(arguments: argparse.Namespace) -> int:
     return shard_commands.errored_state(settings, arguments.shard, arguments.sandbox, arguments.push, arguments.export, out)
 
 
+def _bootstrap(arguments: argparse.Namespace) -> int:
+    from .credentials import AwsTarget
+
+    settings = _settings(arguments)
+    target = AwsTarget(endpoint=sandbox.up(settings).endpoint) if arguments.sandbox else AwsTarget()
+    for line in sandbox.bootstrap(settings, target):
+        print(line)
+    return EXIT_OK
+
+
 def _audit(arguments: argparse.Namespace) -> int:
     from .audit import audit_main
     from .credentials import AwsTarget
@@ -255,7 +268,7 @@ def _audit(arguments: argparse.Namespace) -> int:
 
 
 HANDLERS = {
-    "plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox, "audit": _audit,
+    "plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox, "audit": _audit, "bootstrap": _bootstrap,
     "backups": _shard_command, "restore-state": _shard_command, "rollback": _shard_command, "unlock": _shard_command, "errored-state": _shard_command,
 }
 

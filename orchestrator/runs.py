@@ -243,7 +243,7 @@ def execute(settings: Settings, request: SelectionRequest, options: RunOptions) 
     registry = ProcessRegistry()
     workers = options.workers or settings.terraform.workers
     # Collects the sensitive values of every shard's plan, for the run's reports.
-    run_redactor = Redactor()
+    run_redactor = Redactor(extra_patterns=settings.redaction.extra_patterns)
     context = None
     started = time.monotonic()
     try:

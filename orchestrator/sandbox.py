@@ -183,24 +183,35 @@ def state_regions(settings: Settings) -> list[str]:
     return sorted(regions | {settings.audit.region})
 
 
-def bootstrap(settings: Settings) -> None:
-    """Create the state buckets, the audit bucket and the optional lock table in the sandbox."""
-    target = AwsTarget(endpoint=settings.sandbox.endpoint)
-    base = base_credentials(target)
-    try:
-        state = assume_role(base, settings.state.role_arn, role_session_name("sandbox-bootstrap"), settings.audit.region, target) if settings.state.role_arn else base
-    except CredentialsError as error:
-        raise SandboxError(f"could not assume the state role in the sandbox: {error}") from error
+def bootstrap(settings: Settings, target: AwsTarget | None = None) -> list[str]:
+    """Create the state buckets, the audit bucket and the optional lock tables; return what exists now.
 
+    Without ``target`` this works on the sandbox. With a real AWS target it is the one-time
+    set-up of a new organisation (``invoke bootstrap``), run with the state role. Every step
+    is idempotent, so running it again only re-applies the settings.
+    """
+    target = target or AwsTarget(endpoint=settings.sandbox.endpoint)
+    where = "in the sandbox" if target.is_sandbox else "in AWS"
+    base = base_credentials(target, settings.credentials.instance_metadata)
+    try:
+        state = assume_role(base, settings.state.role_arn, role_session_name("bootstrap"), settings.audit.region, target) if settings.state.role_arn else base
+    except CredentialsError as error:
+        raise SandboxError(f"could not assume the state role {settings.state.role_arn} {where}: {error}") from error
+
+    created = []
     buckets = {settings.state.bucket_for(region): settings.state.region_for(region) for region in state_regions(settings)}
     for bucket, region in sorted(buckets.items()):
         _ensure_bucket(aws_client("s3", state, region, target), bucket, region, lifecycle_days=None)
+        created.append(f"state bucket {bucket} ({region}): versioning, encryption, public access blocked")
     _ensure_bucket(aws_client("s3", state, settings.audit.region, target), settings.audit.bucket, settings.audit.region, lifecycle_days=AUDIT_RETENTION_DAYS)
+    created.append(f"audit bucket {settings.audit.bucket} ({settings.audit.region}): encryption, {AUDIT_RETENTION_DAYS}-day expiry")
 
     if settings.state.lock == "dynamodb":
         # The backend looks for the table in the state bucket's region, so each region gets one.
         for region in sorted(set(buckets.values())):
             _ensure_lock_table(aws_client("dynamodb", state, region, target), settings.state.dynamodb_table)
+            created.append(f"lock table {settings.state.dynamodb_table} ({region})")
+    return created
 
 
 def _ensure_lock_table(dynamodb, table: str) -> None:
@@ -238,5 +249,9 @@ def _ensure_bucket(s3, bucket: str, region: str, lifecycle_days: int | None) -> 
     if lifecycle_days:
         s3.put_bucket_lifecycle_configuration(
             Bucket=bucket,
-            LifecycleConfiguration={"Rules": [{"ID": "audit-retention", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": lifecycle_days}}]},
+            # The bucket is versioned, so expired objects leave non-current versions that need a rule of their own.
+            LifecycleConfiguration={"Rules": [{
+                "ID": "audit-retention", "Status": "Enabled", "Filter": {"Prefix": ""},
+                "Expiration": {"Days": lifecycle_days}, "NoncurrentVersionExpiration": {"NoncurrentDays": lifecycle_days},
+            }]},
         )

@@ -10,6 +10,7 @@ import copy
 import functools
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -50,6 +51,9 @@ DEFAULTS: dict = {
     },
     "credentials": {
         "instance_metadata": False,
+    },
+    "redaction": {
+        "extra_patterns": [],
     },
     "policy": {
         "opa": True,
@@ -119,6 +123,11 @@ class CredentialSettings:
 
 
 @dataclass(frozen=True)
+class RedactionSettings:
+    extra_patterns: list
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     opa: bool
     opa_engine: str
@@ -145,6 +154,7 @@ class Settings:
     sandbox: SandboxSettings
     credentials: CredentialSettings
     policy: PolicySettings
+    redaction: RedactionSettings
     paths: PathSettings
 
     @property
@@ -215,6 +225,12 @@ def load_settings(repo_root: Path, overrides: dict | None = None) -> Settings:
         lines = [f"{settings_path}: {'.'.join(map(str, p.path)) or '(top level)'}: {p.message}" for p in problems]
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines))
 
+    for pattern in merged["redaction"]["extra_patterns"]:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigurationError(f"{settings_path}: redaction.extra_patterns: {pattern!r} is not a valid regular expression ({error}); fix or remove it")
+
     return Settings(
         repo_root=repo_root,
         terraform=TerraformSettings(**merged["terraform"]),
@@ -223,5 +239,6 @@ def load_settings(repo_root: Path, overrides: dict | None = None) -> Settings:
         sandbox=SandboxSettings(**merged["sandbox"]),
         credentials=CredentialSettings(**merged["credentials"]),
         policy=PolicySettings(**merged["policy"]),
+        redaction=RedactionSettings(**merged["redaction"]),
         paths=PathSettings(**merged["paths"]),
     )

@@ -187,7 +187,7 @@ class ShardPipeline:
         self.context = context
         self.result = ShardResult.for_shard(shard)
         self.artefacts = context.run_dir / "shards" / shard.id
-        self.redactor = Redactor()
+        self.redactor = Redactor(extra_patterns=context.settings.redaction.extra_patterns)
         self._log_handle = None
         self.runner: Runner | None = None
         self._rollback_from: int | None = None

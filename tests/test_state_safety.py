@@ -198,6 +198,10 @@ def test_rollback_is_audited(failed_apply, repo):
     today = date.today()
     rollbacks = query(settings, s3, today, today, account="staging", action="rollback")
     assert [r.result for r in rollbacks] == ["rolled back"]
+    code, output = run_cli(repo, "audit", "--sandbox", "--account", "staging", "--action", "rollback")
+    assert code == 0, output
+    assert "rolled back" in output
+    assert PROBE_SHARD in output
     applies = query(settings, s3, today, today, account="222222222222", action="apply", result="failed")
     assert applies
     assert "PolicyThatDoesNotExist" in applies[-1].output
@@ -561,3 +565,15 @@ def test_redaction_on_every_output_path(repo, tmp_path):
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=settings.audit.bucket, Prefix="audit/")["Contents"] if run_id in item["Key"]]
     assert keys
     assert all(s3.head_object(Bucket=settings.audit.bucket, Key=key)["ServerSideEncryption"] in ("AES256", "aws:kms") for key in keys)
+
+
+def test_bootstrap_is_idempotent(repo):
+    for _ in range(2):
+        code, output = run_cli(repo, "bootstrap", "--sandbox")
+        assert code == 0, output
+        assert "audit bucket tdo-terraform-audit" in output
+    s3 = clients(repo, "s3", "state")
+    rule = s3.get_bucket_lifecycle_configuration(Bucket="tdo-terraform-audit")["Rules"][0]
+    assert rule["Expiration"]["Days"] == 90
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 90
+    assert s3.get_bucket_versioning(Bucket="tdo-tfstate-eu-west-1")["Status"] == "Enabled"

@@ -39,6 +39,8 @@ from orchestrator.backups import (
 from orchestrator.discovery import discover
 from orchestrator.errored_state import ENCRYPTED_NAME, MARKER_NAME, ErroredStateBlocks, ErroredStateStore
 from orchestrator.rollback import NOT_ROLLED_BACK, PARTLY_ROLLED_BACK, ROLLBACK_FAILED, ROLLED_BACK, RollbackOutcome, planned_changes
+from orchestrator.errors import ConfigurationError
+from orchestrator.redaction import Redactor
 from orchestrator.settings import load_settings
 from orchestrator.shard_commands import NotConfirmed, confirm
 from orchestrator.shard_pipeline import only_state_save_failed
@@ -943,3 +945,20 @@ def test_force_unlock_argv():
 )
 def test_ansi_escape_strips_colour(coloured, plain):
     assert ANSI_ESCAPE.sub("", coloured) == plain
+
+
+# --- extra redaction patterns from the settings ------------------------------------------------------
+
+def test_extra_redaction_pattern_masks(tmp_path):
+    (tmp_path / "orchestrator.toml").write_text('[redaction]\nextra_patterns = ["corp-[0-9]{6}"]\n')
+    settings = load_settings(tmp_path)
+    redactor = Redactor(extra_patterns=settings.redaction.extra_patterns)
+    assert redactor.line("ticket corp-123456 opened") == "ticket (redacted) opened"
+
+
+def test_invalid_redaction_pattern_rejected(tmp_path):
+    (tmp_path / "orchestrator.toml").write_text('[redaction]\nextra_patterns = ["corp-[0-9"]\n')
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(tmp_path)
+    assert "redaction.extra_patterns" in str(raised.value)
+    assert "corp-[0-9" in str(raised.value)
