@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CASES_DIR = PROJECT_ROOT.parent / "shared" / "cases"
 
 # Every test repository shares the Checkov environment that invoke test sets up, instead of
 # installing its own (about 30 s each). Set at import because module fixtures run early.
@@ -31,13 +30,19 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     yield home
 
 
+# The example accounts the tests run against: at the top of the template, and under
+# tests/example-repo in a team repository generated from it (whose own accounts differ).
+GENERATED_EXAMPLES = PROJECT_ROOT / "tests" / "example-repo"
+EXAMPLE_ROOT = GENERATED_EXAMPLES if GENERATED_EXAMPLES.is_dir() else PROJECT_ROOT
+
+
 def copy_template(destination: Path) -> Path:
-    """Copy the repository's template parts (accounts, modules, policies, settings) to ``destination``."""
-    for name in ("Accounts", "modules", "policies", "functions"):
-        source = PROJECT_ROOT / name
+    """Copy the example repository (accounts, Lambda sources, settings, modules, policies) to ``destination``."""
+    for name, root in (("Accounts", EXAMPLE_ROOT), ("functions", EXAMPLE_ROOT), ("modules", PROJECT_ROOT), ("policies", PROJECT_ROOT)):
+        source = root / name
         if source.exists():
             shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
-    settings = PROJECT_ROOT / "orchestrator.toml"
+    settings = EXAMPLE_ROOT / "orchestrator.toml"
     if settings.exists():
         shutil.copy(settings, destination / "orchestrator.toml")
     return destination

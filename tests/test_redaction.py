@@ -15,9 +15,8 @@ from orchestrator import redaction
 from orchestrator.redaction import MASK, WITHHELD, Redactor, is_secret_key, secrets_from_plan
 
 TESTS_DIR = Path(__file__).resolve().parent
-# Computed like CASES_DIR in conftest.py, because tests should not import conftest.
-CASES_DIR = TESTS_DIR.parent.parent / "shared" / "cases"
-REDACTION_CASE = CASES_DIR / "redaction"
+# A copy of the shared redaction case, so that generated team repositories can run this test too.
+REDACTION_CASE = TESTS_DIR / "data" / "redaction-case"
 PLANS_DIR = TESTS_DIR / "data" / "plans"
 SENSITIVE_PLAN = TESTS_DIR / "data" / "redaction" / "sensitive-plan.json"
 

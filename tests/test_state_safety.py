@@ -507,7 +507,7 @@ def test_errored_state_kept_then_pushed(repo, tmp_path):
 
 # --- redaction through every output path -----------------------------------------------------------
 
-CASE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "cases" / "redaction"
+CASE_DIR = Path(__file__).resolve().parent / "data" / "redaction-case"
 
 # Terraform's apply prints the case's output (secrets included) and fails, as a real failing
 # apply of that configuration would. Plan, show and the rollback that follows are real.
