@@ -22,6 +22,11 @@ SELECTION_HELP = {
     "region": "REGION: only this region; repeatable",
 }
 SELECTION_LISTS = ["changed_files", "deployment", "account", "service", "region"]
+COMMENT_HELP = {"comment": "post the report as the sticky pull-request comment", "pr": "NUMBER: pull request (default: from GITHUB_EVENT_PATH)"}
+
+
+def _comment_argv(comment: bool, pr: int) -> list[str]:
+    return (["--comment"] if comment else []) + (["--pr", str(pr)] if pr else [])
 
 
 def _selection_argv(all=False, changed_files=(), since=None, deployment=(), account=(), service=(), region=()) -> list[str]:
@@ -44,8 +49,8 @@ def _call(argv: list[str]) -> None:
         raise Exit(code=code)
 
 
-@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file", "detailed_exitcode": "exit 2 when there are changes"})
-def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown="", detailed_exitcode=False):
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file", "detailed_exitcode": "exit 2 when there are changes", **COMMENT_HELP})
+def plan(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown="", detailed_exitcode=False, comment=False, pr=0):
     """Validate, then plan the selected shards in parallel."""
     argv = ["plan", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
     argv += ["--sandbox"] if sandbox else []
@@ -53,17 +58,35 @@ def plan(c, all=False, changed_files=None, since=None, deployment=None, account=
     argv += ["--json", json] if json else []
     argv += ["--markdown", markdown] if markdown else []
     argv += ["--detailed-exitcode"] if detailed_exitcode else []
+    argv += _comment_argv(comment, pr)
     _call(argv)
 
 
-@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file"})
-def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown=""):
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "sandbox": "use the embedded AWS sandbox", "workers": "parallel shards (default 5)", "json": "write the JSON report to this file", "markdown": "write the Markdown report to this file", **COMMENT_HELP})
+def apply(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, sandbox=False, workers=0, json="", markdown="", comment=False, pr=0):
     """Apply the selected shards: saved plans when still current, otherwise plan first."""
     argv = ["apply", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
     argv += ["--sandbox"] if sandbox else []
     argv += ["--workers", str(workers)] if workers else []
     argv += ["--json", json] if json else []
     argv += ["--markdown", markdown] if markdown else []
+    argv += _comment_argv(comment, pr)
+    _call(argv)
+
+
+
+@task(auto_shortflags=False, help={"report": "FILE: the report (default: the latest run's report.md)", "pr": COMMENT_HELP["pr"]})
+def comment(c, report="", pr=0):
+    """Post a run's Markdown report as the sticky pull-request comment (and the step summary)."""
+    _call(["comment"] + (["--report", report] if report else []) + (["--pr", str(pr)] if pr else []))
+
+
+@task(auto_shortflags=False, iterable=SELECTION_LISTS, help={**SELECTION_HELP, "max_levels": "level jobs in the apply workflow (default 3)", "github_output": "FILE: append key=value lines ($GITHUB_OUTPUT)"})
+def matrix(c, all=False, changed_files=None, since=None, deployment=None, account=None, service=None, region=None, max_levels=3, github_output=""):
+    """Print the selected shards as a GitHub Actions matrix, one level per dependency wave."""
+    argv = ["matrix", *_selection_argv(all, changed_files or (), since, deployment or (), account or (), service or (), region or ())]
+    argv += ["--max-levels", str(max_levels)]
+    argv += ["--github-output", github_output] if github_output else []
     _call(argv)
 
 
@@ -187,4 +210,4 @@ sandbox_tasks.add_task(sandbox_up, "up")
 sandbox_tasks.add_task(sandbox_down, "down")
 sandbox_tasks.add_task(sandbox_status, "status")
 
-namespace = Collection(plan, apply, validate, shards, bootstrap, backups, restore_state, rollback, unlock, errored_state, audit, test, bench, sandbox_tasks)
+namespace = Collection(plan, apply, validate, shards, matrix, comment, bootstrap, backups, restore_state, rollback, unlock, errored_state, audit, test, bench, sandbox_tasks)

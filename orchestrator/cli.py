@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--workers", type=int, help="shards run at the same time (default: terraform.workers, 5)")
         command.add_argument("--json", type=Path, dest="json_report", help="also write the JSON report to this file")
         command.add_argument("--markdown", type=Path, dest="markdown_report", help="also write the Markdown report to this file")
+        command.add_argument("--comment", action="store_true", help="post the report as the sticky pull-request comment (GITHUB_TOKEN, GITHUB_REPOSITORY); never fails the run")
+        command.add_argument("--pr", type=int, metavar="NUMBER", help="pull request number (default: from GITHUB_EVENT_PATH)")
         if name == "plan":
             command.add_argument("--detailed-exitcode", action="store_true", help="exit with 2 when any shard has changes")
 
@@ -138,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="print JSON lines")
     audit.add_argument("--show-output", action="store_true", help="also print each record's Terraform output, redacted")
     audit.add_argument("--sandbox", action="store_true", help="query the embedded AWS sandbox")
+
+    comment = commands.add_parser("comment", help="post a run's Markdown report as the sticky pull-request comment")
+    comment.add_argument("--report", type=Path, metavar="FILE", help="the report to post (default: the latest run's report.md)")
+    comment.add_argument("--pr", type=int, metavar="NUMBER", help="pull request number (default: from GITHUB_EVENT_PATH)")
+
+    matrix = commands.add_parser("matrix", help="the selected shards as a GitHub Actions matrix, one level per dependency wave")
+    _add_selection_flags(matrix)
+    matrix.add_argument("--max-levels", type=int, default=3, help="level jobs in the apply workflow (default 3)")
+    matrix.add_argument("--github-output", type=Path, metavar="FILE", help="append key=value lines to this file ($GITHUB_OUTPUT) instead of printing JSON")
 
     bootstrap = commands.add_parser("bootstrap", help="create the state buckets, the audit bucket and lock tables (once per organisation)")
     bootstrap.add_argument("--sandbox", action="store_true", help="in the embedded AWS sandbox instead of AWS")
@@ -178,6 +189,11 @@ def _run(arguments: argparse.Namespace) -> int:
     report = execute(settings, _selection(arguments), options)
     if report.results:
         print(render_summary(report))
+    if arguments.comment and report.run_dir:
+        from .pr_comment import publish
+
+        report_path = Path(report.run_dir) / "report.md"
+        publish(report_path.read_text(encoding="utf-8"), arguments.command, report_path, arguments.pr, sys.stderr)
     if report.sandbox_endpoint:
         print(f"The sandbox keeps running at {report.sandbox_endpoint}; stop it with: invoke sandbox.down", file=sys.stderr)
     if arguments.command == "plan":
@@ -247,6 +263,28 @@ def _shard_command(arguments: argparse.Namespace) -> int:
     return shard_commands.errored_state(settings, arguments.shard, arguments.sandbox, arguments.push, arguments.export, out)
 
 
+def _comment(arguments: argparse.Namespace) -> int:
+    from .pr_comment import publish
+
+    settings = _settings(arguments)
+    report_path = arguments.report or settings.work_dir / "runs" / "latest" / "report.md"
+    if not report_path.is_file():
+        raise ConfigurationError(f"no report at {report_path}; run invoke plan first or pass --report FILE")
+    action = "apply" if "Terraform apply" in report_path.read_text(encoding="utf-8")[:200] else "plan"
+    outcome = publish(report_path.read_text(encoding="utf-8"), action, report_path, arguments.pr, sys.stderr)
+    return EXIT_OK if outcome.posted else EXIT_SHARD_FAILED
+
+
+def _matrix(arguments: argparse.Namespace) -> int:
+    from .matrix import matrix_main
+
+    settings = _settings(arguments)
+    request = _selection(arguments)
+    if not (request.all or request.by_change or request.deployments or request.accounts or request.services or request.regions):
+        raise SelectionError("invoke matrix needs a selection: --all, --changed-files, --since or --deployment")
+    return matrix_main(settings, request, arguments.max_levels, arguments.github_output, sys.stdout)
+
+
 def _bootstrap(arguments: argparse.Namespace) -> int:
     from .credentials import AwsTarget
 
@@ -268,7 +306,7 @@ def _audit(arguments: argparse.Namespace) -> int:
 
 
 HANDLERS = {
-    "plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox, "audit": _audit, "bootstrap": _bootstrap,
+    "plan": _run, "apply": _run, "validate": _validate, "shards": _shards, "sandbox": _sandbox, "audit": _audit, "bootstrap": _bootstrap, "comment": _comment, "matrix": _matrix,
     "backups": _shard_command, "restore-state": _shard_command, "rollback": _shard_command, "unlock": _shard_command, "errored-state": _shard_command,
 }
 

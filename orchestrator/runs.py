@@ -361,8 +361,23 @@ def check_plan_policies(shards: list[Shard], outcomes: dict, policy_stage: Polic
 
 
 def write_report(report: RunReport, path: Path) -> None:
+    """Validate the report against the shipped schema, then write it redacted to ``path``.
+
+    Raises ValueError and writes nothing when the report does not match the schema. That is a
+    bug in the orchestrator, never a problem of the user's configuration.
+    """
+    from .report_schema import validate_report
+
+    document = report.as_dict()
+    # The unredacted document is validated, because redaction may turn a number equal to a
+    # sensitive value into text, and that is not a bug.
+    try:
+        validate_report(document)
+    except ValueError as error:
+        # jsonschema's messages quote the values they reject, and those may be secrets.
+        raise ValueError(f"{path} not written: {report.redactor.text(str(error))}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.redactor.structure(report.as_dict()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(report.redactor.structure(document), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _point_latest(runs_dir: Path, run_id: str) -> None:

@@ -287,3 +287,33 @@ def test_policy_failure_blocks_apply(first_apply, sandbox_repo):
     account = discover(settings).accounts["staging"]
     names = {b["Name"] for b in account_client(settings, account, "s3", "eu-west-1").list_buckets()["Buckets"]}
     assert not any(name.startswith("payments-open-") for name in names)
+
+
+def test_plan_posts_sticky_comment_and_survives_github_failures(first_apply, sandbox_repo, tmp_path, monkeypatch):
+    from github_fake import FakeGitHub
+
+    github = FakeGitHub("test-token", repository="octo-org/infra", pull_requests=(7,)).start()
+    try:
+        summary = tmp_path / "step-summary.md"
+        monkeypatch.setenv("GITHUB_API_URL", github.api_url)
+        monkeypatch.setenv("GITHUB_TOKEN", "test-token")
+        monkeypatch.setenv("GITHUB_REPOSITORY", "octo-org/infra")
+        monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+
+        for _ in range(2):
+            code, output = run_cli(sandbox_repo, "plan", "--deployment", "staging/payments", "--sandbox", "--comment", "--pr", "7")
+            assert code == 0, output
+        comments = github.comments(7)
+        # The second plan updated the first comment instead of adding another one.
+        assert len(comments) == 1, comments
+        assert "| shard | account |" in comments[0]["body"]
+        assert "staging/payments/kms" in comments[0]["body"]
+        assert "| shard | account |" in summary.read_text()
+
+        # GitHub failing every request costs the plan nothing but a warning.
+        github.fail_next(None, 503)
+        code, output = run_cli(sandbox_repo, "plan", "--deployment", "staging/payments", "--sandbox", "--comment", "--pr", "7")
+        assert code == 0, output
+        assert "warning: comment:" in output
+    finally:
+        github.close()
