@@ -20,7 +20,7 @@ SHARED_PARTS = ["orchestrator", "tasks.py", "modules", "policies", "tests", "pyp
 # The template's own examples: the copied tests run against them, not against the team's accounts.
 EXAMPLE_PARTS = ["Accounts", "functions", "orchestrator.toml"]
 # Only meaningful in the template itself.
-NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".terraform", ".orchestrator", "*.egg-info", ".pytest_cache", "test_template.py")
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".terraform", ".orchestrator", "*.egg-info", ".pytest_cache", "test_template.py", "test_workflow_template.py")
 
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ACCOUNT_ID = re.compile(r"^[0-9]{12}$")

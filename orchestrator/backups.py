@@ -84,6 +84,8 @@ class StateSnapshot:
             document = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BackupError(f"{where}: the pulled state is not valid JSON ({error}); nothing was applied") from error
+        if isinstance(document, dict) and document.get("lineage") == "" and not document.get("resources"):
+            return cls(raw=b"")  # Terraform's empty placeholder for a backend without a state object
         if not isinstance(document, dict) or "lineage" not in document or "serial" not in document:
             raise BackupError(f"{where}: the pulled state has no lineage or serial, so it is not a Terraform state; nothing was applied")
         if not isinstance(document["serial"], int) or isinstance(document["serial"], bool):
@@ -231,11 +233,12 @@ def new_backup_id(run_id: str, reason: str, now: datetime | None = None) -> str:
 class BackupStore:
     """Backups and recorded configurations of one shard in its state bucket."""
 
-    def __init__(self, s3, bucket: str, state_key: str, kms_key_id: str = ""):
+    def __init__(self, s3, bucket: str, state_key: str, kms_key_id: str = "", shard_id: str = "<shard>"):
         self.s3 = s3
         self.bucket = bucket
         self.state_key = state_key
         self.kms_key_id = kms_key_id
+        self.shard_id = shard_id
 
     # --- keys ---
 
@@ -270,8 +273,12 @@ class BackupStore:
 
     # --- backups ---
 
-    def create(self, snapshot: StateSnapshot, backup_id: str, metadata: dict) -> Backup:
-        """Store ``snapshot`` with its metadata and the last good configuration; verify the copy."""
+    def create(self, snapshot: StateSnapshot, backup_id: str, metadata: dict, produced_by: tuple[bytes, dict] | None = None) -> Backup:
+        """Store ``snapshot`` with its metadata and the configuration that produced it; verify the copy.
+
+        That configuration is the last good one, unless ``produced_by`` (a bundle and its digests)
+        names another, such as the configuration of an apply that just failed.
+        """
         prefix = self.backup_prefix(backup_id)
         metadata = dict(metadata)
         metadata.update(
@@ -298,7 +305,10 @@ class BackupStore:
 
             last_good = self.last_good()
             metadata["configuration"] = None
-            if last_good is not None:
+            if produced_by is not None:
+                self._put(prefix + CONFIGURATION_OBJECT, produced_by[0], "application/gzip")
+                metadata["configuration"] = produced_by[1]
+            elif last_good is not None:
                 self.s3.copy_object(
                     Bucket=self.bucket,
                     Key=prefix + CONFIGURATION_OBJECT,
@@ -326,7 +336,7 @@ class BackupStore:
     def get(self, backup_id: str) -> Backup:
         raw = self._get(self.backup_prefix(backup_id) + METADATA_OBJECT)
         if raw is None:
-            raise BackupError(f"no backup {backup_id!r} for state {self.state_key} in {self.bucket}; list them with: invoke backups --shard <shard>")
+            raise BackupError(f"no backup {backup_id!r} for state {self.state_key} in {self.bucket}; list them with: invoke backups --shard {self.shard_id} (add --sandbox for the sandbox)")
         return Backup(backup_id, json.loads(raw))
 
     def state_of(self, backup: Backup) -> StateSnapshot:

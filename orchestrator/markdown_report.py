@@ -182,7 +182,8 @@ def _summary_lines(report: RunReport) -> list[str]:
         counts = result.counts.as_dict()
         cells = [_cell(result.shard_id), _cell(result.account), _cell(result.region), _cell(result.service)]
         cells += [str(counts[field]) for _, field in COUNT_COLUMNS]
-        cells += [_cell(result.policy.get("status", "-")), _cell(result.status)]
+        status = f"{result.status}, {result.rollback['status']}" if result.rollback else result.status
+        cells += [_cell(result.policy.get("status", "-")), _cell(status)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines

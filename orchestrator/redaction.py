@@ -37,13 +37,13 @@ _SECRET_KEY_FRAGMENTS = (
 # ... or one of these whole words: `auth` is a secret, `author` and `oauth_client_id` are not.
 _SECRET_KEY_WORDS = frozenset({"auth", "authorization", "sig", "signature", "pwd"})
 # A key ending in one of these names metadata about a secret, not the secret itself:
-# secret_arn, token_count, password_length, access_key_id, kms_master_key_id.
+# secret_arn, token_count, password_length, access_key_id, kms_master_key_id, customer_master_key_spec.
 _METADATA_SUFFIXES = tuple(
     "_" + suffix
     for suffix in (
         "arn", "arns", "name", "names", "id", "ids", "count", "length", "type", "version", "enabled",
         "ttl", "expiry", "expiration", "expires_at", "expires_in", "policy", "path", "file", "url",
-        "uri", "endpoint", "age",
+        "uri", "endpoint", "age", "spec", "usage",
     )
 )
 # `type.name`, `data.type.name` or `module.x.type.name[...]`: the address of a resource whose

@@ -8,6 +8,7 @@ audit record of what it did.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -60,7 +61,7 @@ def find_shard(settings: Settings, shard_id: str) -> Shard:
     try:
         return inventory.shard(shard_id)
     except KeyError:
-        close = [s.id for s in inventory.shards if shard_id.split("/")[-1] in s.id][:5]
+        close = difflib.get_close_matches(shard_id, [s.id for s in inventory.shards], n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; list shards with: invoke shards"
         raise SelectionError(f"no shard {shard_id!r} (a shard id is <account>/<deployment>/<service>){hint}") from None
 
@@ -77,7 +78,7 @@ class ShardSession:
     @property
     def store(self) -> BackupStore:
         s3 = aws_client("s3", self.broker.state_credentials(), self.settings.state.region_for(self.shard.region), self.target)
-        return BackupStore(s3, self.settings.state.bucket_for(self.shard.region), self.shard.state_key, self.settings.state.kms_key_id)
+        return BackupStore(s3, self.settings.state.bucket_for(self.shard.region), self.shard.state_key, self.settings.state.kms_key_id, self.shard.id)
 
 
 @contextmanager
@@ -139,7 +140,8 @@ def list_backups(settings: Settings, shard_id: str, sandbox: bool, as_json: bool
         rows.append([
             backup.backup_id, meta.get("timestamp"), meta.get("reason"), meta.get("run_id"),
             meta.get("serial") if meta.get("sha256") else "(no state)", (meta.get("lineage") or "-")[:8], len(meta.get("resources", [])),
-            f"{configuration.get('run_id', '-')} @ {str(configuration.get('git_revision', '-'))[:12]}" if configuration else "none recorded",
+            f"{configuration.get('run_id', '-')} @ {str(configuration.get('git_revision', '-'))[:12]}" if configuration
+            else "no resources (before the first apply)" if meta.get("empty") else "none recorded",
         ])
     stream.write(tabulate(rows, headers=["backup", "taken", "reason", "run", "serial", "lineage", "resources", "configuration (run @ git)"]) + "\n")
     stream.write(f"\nbucket {session.store.bucket}, prefix {session.store.backup_prefix()}\n")
@@ -186,10 +188,14 @@ def restore_state(settings: Settings, shard_id: str, backup_id: str, sandbox: bo
         _audit(session, "restore-state", "restored", first_command, {"backup_id": backup_id, "pre_restore_backup": safety.backup_id, "drift": drift})
     stream.write(f"restored {backup_id}; the state before it is kept as backup {safety.backup_id}\n")
     if drift:
-        stream.write(f"the restored state differs from reality in {len(drift)} resource(s) (refresh-only plan):\n")
+        stream.write(f"the refresh-only plan finds {len(drift)} resource(s) that differ from the restored state:\n")
         for item in drift:
             stream.write(f"  {item['address']}: {'/'.join(item['actions'])}\n")
-        stream.write(f"to converge, run invoke apply --deployment {shard_id}, or invoke rollback to a configuration of your choice\n")
+        flag = " --sandbox" if sandbox else ""
+        stream.write(
+            "a delete means the resource no longer exists; an update can also be attributes the provider fills in on refresh.\n"
+            f"invoke plan --deployment {shard_id}{flag} shows what an apply would change; invoke apply converges, invoke rollback picks another configuration\n"
+        )
     else:
         stream.write("the restored state matches reality (refresh-only plan found no differences)\n")
     return 0

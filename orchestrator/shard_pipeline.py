@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .audit import AuditRecord
+from .audit import AuditRecord, utc_timestamp
 from .backups import Backup, BackupError, BackupStore, StateSnapshot, build_bundle, new_backup_id
 from .credentials import AwsTarget, CredentialBroker, aws_client
 from .discovery import Shard
@@ -233,7 +233,7 @@ class ShardPipeline:
     def _audit_record(self, action: str, result: str, commands: list, details: dict) -> AuditRecord:
         shard = self.shard
         return AuditRecord(
-            timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            timestamp=utc_timestamp(),
             actor=self.context.actor,
             run_id=self.context.run_id,
             action=action,
@@ -468,7 +468,7 @@ class ShardPipeline:
     def _backup_store(self) -> BackupStore:
         settings = self.context.settings
         s3 = aws_client("s3", self.context.broker.state_credentials(), settings.state.region_for(self.shard.region), self.context.target)
-        return BackupStore(s3, settings.state.bucket_for(self.shard.region), self.shard.state_key, settings.state.kms_key_id)
+        return BackupStore(s3, settings.state.bucket_for(self.shard.region), self.shard.state_key, settings.state.kms_key_id, self.shard.id)
 
     def _pull_state(self, purpose: str, runner: Runner | None = None) -> StateSnapshot:
         """Read the shard's current state through Terraform; its text never reaches the log."""
@@ -482,8 +482,9 @@ class ShardPipeline:
         finally:
             pulled.unlink(missing_ok=True)
 
-    def _backup(self, store: BackupStore, snapshot: StateSnapshot, reason: str) -> Backup:
-        self._phase("backup")
+    def _backup(self, store: BackupStore, snapshot: StateSnapshot, reason: str, produced_by: tuple[bytes, dict] | None = None) -> Backup:
+        if reason != "after-failed-apply":
+            self._phase("backup")  # during a rollback the progress line keeps saying rollback
         metadata = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "run_id": self.context.run_id,
@@ -495,7 +496,7 @@ class ShardPipeline:
             "project": self.shard.project,
             "git_revision_of_run": self.context.git_revision,
         }
-        backup = store.create(snapshot, new_backup_id(self.context.run_id, reason), metadata)
+        backup = store.create(snapshot, new_backup_id(self.context.run_id, reason), metadata, produced_by)
         configuration = backup.metadata.get("configuration") or {}
         self._log(f"# backup {backup.backup_id}: serial {snapshot.serial}, {len(snapshot.addresses)} resource(s), configuration of run {configuration.get('run_id', '-')}")
         return backup
@@ -515,7 +516,9 @@ class ShardPipeline:
         try:
             after = self._pull_state("after-failed-apply")
             created = sorted(set(after.addresses) - set(before.addresses))
-            self._backup(store, after, "after-failed-apply")
+            bundle, digests = build_bundle(self.shard, workspace.directory, module_file_names(workspace.directory), self.context.settings.repo_root, self.context.git_revision)
+            digests.update({"run_id": self.context.run_id, "failed_apply": True})
+            self._backup(store, after, "after-failed-apply", produced_by=(bundle, digests))
         except (TerraformError, BackupError) as error:
             return RollbackOutcome(ROLLBACK_FAILED, target="-", backup_id=backup.backup_id, error=f"cannot read the state the failed apply left: {error}")
 

@@ -171,6 +171,11 @@ def test_backup_contents(failed_apply, repo):
     assert {"main.tf", "variables.tf", f"repo/{POLICY_FILE}"} <= names
     assert values["iam_roles"]["probe-keep"]["description"] == "version one"
 
+    # The state a failed apply left was produced by the failed configuration, and its backup says so.
+    after_failure = [b for b in backups if b["reason"] == "after-failed-apply"][-1]
+    assert after_failure["configuration"]["failed_apply"] is True
+    assert after_failure["configuration"]["values_sha256"] != configuration["values_sha256"]
+
 
 def test_halfway_failure_rolls_back(failed_apply, repo):
     assert failed_apply["code"] == 1, failed_apply["output"]

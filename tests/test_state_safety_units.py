@@ -962,3 +962,10 @@ def test_invalid_redaction_pattern_rejected(tmp_path):
         load_settings(tmp_path)
     assert "redaction.extra_patterns" in str(raised.value)
     assert "corp-[0-9" in str(raised.value)
+
+
+def test_parse_empty_backend_placeholder():
+    # What an empty backend gives: a state with an empty lineage and no resources.
+    snapshot = StateSnapshot.parse(b'{"version": 4, "serial": 0, "lineage": "", "resources": []}', "pull")
+    assert snapshot.exists is False
+    assert snapshot.empty is True
