@@ -139,7 +139,12 @@ def _referenced_paths(shard: Shard) -> list[str]:
             if not isinstance(entry, dict):
                 continue
             value = entry.get(reference["field"])
-            candidates = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            if isinstance(value, str):
+                candidates = [value]
+            elif isinstance(value, list):
+                candidates = value
+            else:
+                candidates = []
             paths.update(relative for relative in candidates if isinstance(relative, str) and relative)
     return sorted(paths)
 
@@ -158,7 +163,7 @@ def build_bundle(shard: Shard, workspace_dir: Path, module_files: list[str], rep
     values_bytes = json.dumps(shard.values, indent=2, sort_keys=True, ensure_ascii=False).encode()
     module_hasher = hashlib.sha256()
     buffer = io.BytesIO()
-    # gzip stores the current time in its header unless told otherwise; mtime=0 keeps bundles of one configuration identical.
+    # gzip stores the current time in its header by default, so mtime=0 keeps bundles of one configuration identical.
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as archive:
         for name in sorted(module_files):
             content = (workspace_dir / name).read_bytes()

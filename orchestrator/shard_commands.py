@@ -1,9 +1,9 @@
 """Commands on one shard's state: backups, restore-state, rollback, unlock, errored-state.
 
-Each command opens the shard the way a run does: the working directory is held against
-other runs of this checkout, Terraform runs with the credentials of the shard's account, and
-its output goes through the same runner into a redacted log. Each command also writes an
-audit record of what it did.
+Each command opens the shard the way a run does. It holds the working directory against
+other runs of this checkout and runs Terraform with the credentials of the shard's account.
+Terraform's output goes through the same runner into a redacted log, and each command writes
+an audit record of what it did.
 """
 
 from __future__ import annotations
