@@ -25,6 +25,12 @@ NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".terraform", ".orch
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
 ENVIRONMENTS = ("shared", "dev", "staging", "prod")
+# S3 bucket names: 3 to 63 lower-case letters, digits, dots and hyphens. The longest region
+# name (ap-southeast-3 and similar, 14 characters) plus a hyphen follows the state prefix.
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+LONGEST_REGION_SUFFIX = len("-ap-southeast-3")
+REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+ROLE_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,64}$")
 
 
 # Written without double braces: this file is itself a Jinja template.
@@ -70,6 +76,27 @@ def parse_accounts(text: str) -> list[tuple[str, str, str]]:
     if len(set(names)) != len(names):
         raise GenerationError(f"accounts lists a name twice: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
     return accounts
+
+
+def check_values() -> None:
+    """Reject values that would generate a repository whose buckets, roles or regions AWS refuses."""
+    prefix, audit = CONTEXT["state_bucket_prefix"], CONTEXT["audit_bucket"]
+    if not BUCKET_NAME.match(prefix) or len(prefix) + LONGEST_REGION_SUFFIX > 63:
+        raise GenerationError(
+            f"state_bucket_prefix {prefix!r} must be lower-case letters, digits, dots and hyphens, at most {63 - LONGEST_REGION_SUFFIX} "
+            "characters (a region name follows it); set state_bucket_prefix, or a shorter repo_name"
+        )
+    if not BUCKET_NAME.match(audit):
+        raise GenerationError(f"audit_bucket {audit!r} must be 3 to 63 lower-case letters, digits, dots and hyphens; set audit_bucket")
+    if not ACCOUNT_ID.match(CONTEXT["state_account_id"]):
+        raise GenerationError(f"state_account_id {CONTEXT['state_account_id']!r} must be 12 digits")
+    if not REGION.match(CONTEXT["default_region"]):
+        raise GenerationError(f"default_region {CONTEXT['default_region']!r} is not an AWS region name such as eu-west-1")
+    if not ROLE_NAME.match(CONTEXT["deploy_role_name"]):
+        raise GenerationError(f"deploy_role_name {CONTEXT['deploy_role_name']!r} is not a valid IAM role name (letters, digits and +=,.@_-)")
+    for name in ("owner_tag", "cost_centre"):
+        if not CONTEXT[name].strip():
+            raise GenerationError(f"{name} is empty; the tagging policy requires it on every resource")
 
 
 def copy_part(source_root: Path, relative: str, destination_root: Path) -> None:
@@ -124,6 +151,7 @@ def write_workflows(template: Path, repo: Path) -> None:
 def main() -> None:
     template = Path(CONTEXT["_repo_dir"]).resolve()
     repo = Path.cwd()
+    check_values()
     accounts = parse_accounts(CONTEXT["accounts"])
     for relative in SHARED_PARTS:
         copy_part(template, relative, repo)

@@ -194,6 +194,9 @@ def _run(arguments: argparse.Namespace) -> int:
 
         report_path = Path(report.run_dir) / "report.md"
         publish(report_path.read_text(encoding="utf-8"), arguments.command, report_path, arguments.pr, sys.stderr)
+    elif arguments.comment:
+        # Nothing ran, but the pull request's comment must not keep showing an older plan.
+        _publish_short_report(arguments, f"No shard is affected by {report.selection}; nothing to {arguments.command}.")
     if report.sandbox_endpoint:
         print(f"The sandbox keeps running at {report.sandbox_endpoint}; stop it with: invoke sandbox.down", file=sys.stderr)
     if arguments.command == "plan":
@@ -263,6 +266,16 @@ def _shard_command(arguments: argparse.Namespace) -> int:
     return shard_commands.errored_state(settings, arguments.shard, arguments.sandbox, arguments.push, arguments.export, out)
 
 
+def _publish_short_report(arguments: argparse.Namespace, text: str) -> None:
+    """Replace the sticky comment with a short report when a run stopped before planning."""
+    from .pr_comment import publish
+
+    from .redaction import Redactor
+
+    markdown = Redactor().text(f"### Terraform {arguments.command}\n\n{text}\n")
+    publish(markdown, arguments.command, Path("(no report: the run stopped before planning)"), arguments.pr, sys.stderr)
+
+
 def _comment(arguments: argparse.Namespace) -> int:
     from .pr_comment import publish
 
@@ -318,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[arguments.command](arguments)
     except ValidationFailed as error:
         _print_diagnostics(error, getattr(arguments, "json_report", None))
+        if getattr(arguments, "comment", False):
+            listed = "\n".join(f"- `{diagnostic}`" for diagnostic in error.diagnostics[:50])
+            _publish_short_report(arguments, f"Validation failed: {len(error.diagnostics)} error(s); nothing was planned.\n\n{listed}")
         return EXIT_VALIDATION_FAILED
     except (ConfigurationError, SelectionError, SandboxError, SandboxUnreachable, CredentialsError, TerraformError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -71,10 +71,20 @@ def test_generated_repository_layout(tmp_path):
             assert "{{ cookiecutter" not in path.read_text(errors="replace"), path
 
 
-def test_bad_accounts_value_stops_generation(tmp_path):
+@pytest.mark.parametrize("value", [
+    {"accounts": "payments-dev:4444:dev"},
+    {"accounts": "payments-dev:444444444444:qa"},
+    {"team_name": "Data & ML team"},
+    {"state_bucket_prefix": "a-very-long-state-bucket-prefix-that-leaves-no-room-for-regions"},
+    {"state_account_id": "12"},
+    {"default_region": "mars-1"},
+    {"deploy_role_name": "bad role"},
+    {"cost_centre": ""},
+])
+def test_bad_value_stops_generation(tmp_path, value):
     with pytest.raises(FailedHookException):
-        generate(tmp_path, accounts="payments-dev:4444:dev")
-    assert not (tmp_path / "payments-team-infrastructure").exists()
+        generate(tmp_path, **value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.terraform
