@@ -170,7 +170,8 @@ def main() -> None:
     while shared_lines and shared_lines[0].startswith("#"):
         shared_lines.pop(0)  # the template's own header; the team file has one
     shared_settings = "".join(shared_lines).lstrip("\n")
-    team_settings.write_text(team_settings.read_text(encoding="utf-8") + "\n" + shared_settings, encoding="utf-8")
+    review = "# The template's policy lists follow, with their reasons; review them for your own resources.\n"
+    team_settings.write_text(team_settings.read_text(encoding="utf-8") + "\n" + review + shared_settings, encoding="utf-8")
 
     write_accounts(repo, accounts)
     write_workflows(template, repo)
