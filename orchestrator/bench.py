@@ -174,9 +174,10 @@ def measure_parallel_vs_sequential(workdir: Path, port: int, latency_ms: int, ac
 
 READING_NOTE = """Reading the figures: every Terraform command that configures the AWS provider costs seconds
 of CPU before it does any work, so on 2 cores the CPU floor bounds every variant. The
-orchestrator's first apply runs one command more per shard than the loop (`show -json`, which
-the policy stage needs), so it cannot beat the parallel loop there. It wins when little
-changed, because a shard without changes runs a single `terraform plan`.
+orchestrator's first apply does more per shard than the loop: `show -json` and a Checkov scan
+for the policy stage, and a `state pull` for the backup before the apply. So it cannot beat the
+parallel loop there. It wins when little changed, because a shard without changes runs a
+single `terraform plan`.
 """
 
 VALIDATION_FILES = 1000
