@@ -148,8 +148,8 @@ def audit(c, since="", until="", account="", result="", action="", shard="", jso
     argv = ["audit"]
     for flag, value in (("--since", since), ("--until", until), ("--account", account), ("--result", result), ("--action", action), ("--shard", shard)):
         argv += [flag, value] if value else []
-    for flag, given in (("--json", json), ("--show-output", show_output), ("--sandbox", sandbox)):
-        if given:
+    for flag, enabled in (("--json", json), ("--show-output", show_output), ("--sandbox", sandbox)):
+        if enabled:
             argv.append(flag)
     _call(argv)
 

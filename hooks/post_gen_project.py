@@ -25,10 +25,10 @@ NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".terraform", ".orch
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
 ENVIRONMENTS = ("shared", "dev", "staging", "prod")
-# S3 bucket names: 3 to 63 lower-case letters, digits, dots and hyphens. The longest region
-# name (ap-southeast-3 and similar, 14 characters) plus a hyphen follows the state prefix.
+# S3 bucket names: 3 to 63 lower-case letters, digits, dots and hyphens. A hyphen and a region
+# name follow the state prefix, and region names such as ap-southeast-3 have 14 characters.
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-LONGEST_REGION_SUFFIX = len("-ap-southeast-3")
+REGION_SUFFIX_LENGTH = len("-ap-southeast-3")
 REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
 ROLE_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,64}$")
 
@@ -81,9 +81,9 @@ def parse_accounts(text: str) -> list[tuple[str, str, str]]:
 def check_values() -> None:
     """Reject values that would generate a repository whose buckets, roles or regions AWS refuses."""
     prefix, audit = CONTEXT["state_bucket_prefix"], CONTEXT["audit_bucket"]
-    if not BUCKET_NAME.match(prefix) or len(prefix) + LONGEST_REGION_SUFFIX > 63:
+    if not BUCKET_NAME.match(prefix) or len(prefix) + REGION_SUFFIX_LENGTH > 63:
         raise GenerationError(
-            f"state_bucket_prefix {prefix!r} must be lower-case letters, digits, dots and hyphens, at most {63 - LONGEST_REGION_SUFFIX} "
+            f"state_bucket_prefix {prefix!r} must be lower-case letters, digits, dots and hyphens, at most {63 - REGION_SUFFIX_LENGTH} "
             "characters (a region name follows it); set state_bucket_prefix, or a shorter repo_name"
         )
     if not BUCKET_NAME.match(audit):

@@ -1,9 +1,9 @@
 """``errored.tfstate``: a state Terraform could not upload at the end of an apply.
 
 Terraform writes it into the working directory when saving state to the backend fails. It is
-then the only record of what the apply created, so it must not be lost, must not lie around in
-clear text (a state contains secrets) and must stop further applies of the shard: an apply
-against the older state in the bucket would create everything a second time.
+then the only record of what the apply created, so it must not be lost. It must not lie around
+in clear text either, because a state contains secrets. And it must stop further applies of the
+shard, because an apply against the older state in the bucket would create everything again.
 
 The file is encrypted (Fernet, with a key of this checkout in ``.orchestrator/keys``, owner
 only) next to a marker. Every later apply of the shard first tries to push it; until that

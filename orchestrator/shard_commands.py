@@ -1,7 +1,7 @@
 """Commands on one shard's state: backups, restore-state, rollback, unlock, errored-state.
 
-Each command opens the shard the way a run does. It holds the working directory against
-other runs of this checkout and runs Terraform with the credentials of the shard's account.
+Each command opens the shard the way a run does. It keeps other runs of this checkout out of
+the working directory and runs Terraform with the credentials of the shard's account.
 Terraform's output goes through the same runner into a redacted log, and each command writes
 an audit record of what it did.
 """
@@ -36,7 +36,7 @@ from .toolchain import prepare_toolchain
 from .workspace import VAR_FILE_NAME
 
 
-class RestoreRefused(OrchestratorError):
+class RestoreRejected(OrchestratorError):
     """The chosen backup cannot replace the shard's current state."""
 
 
@@ -159,9 +159,9 @@ def restore_state(settings: Settings, shard_id: str, backup_id: str, sandbox: bo
         restored = store.state_of(backup)
         current = pipeline._pull_state("current")
         if not restored.exists:
-            raise RestoreRefused(f"backup {backup_id} contains no state (it was taken before the shard's first apply); to remove the resources use invoke rollback --shard {shard_id} --backup {backup_id}")
+            raise RestoreRejected(f"backup {backup_id} contains no state (it was taken before the shard's first apply); to remove the resources use invoke rollback --shard {shard_id} --backup {backup_id}")
         if current.exists and current.lineage != restored.lineage:
-            raise RestoreRefused(
+            raise RestoreRejected(
                 f"backup {backup_id} has lineage {restored.lineage}, the current state {current.lineage}: it belongs to another state history and would replace it; "
                 f"choose a backup of lineage {current.lineage} (invoke backups --shard {shard_id})"
             )
@@ -232,7 +232,7 @@ def rollback(settings: Settings, shard_id: str, backup_id: str, sandbox: bool, a
         bundle = store.configuration_of(backup)
         destroy = bundle is None
         if destroy and not backup.metadata.get("empty"):
-            raise RestoreRefused(f"backup {backup_id} has no recorded configuration, so there is nothing to converge to; choose another (invoke backups --shard {shard_id})")
+            raise RestoreRejected(f"backup {backup_id} has no recorded configuration, so there is nothing to converge to; choose another (invoke backups --shard {shard_id})")
         configuration = backup.metadata.get("configuration") or {}
         target = "no resources (the backup was taken before the shard's first apply)" if destroy else f"the configuration applied by run {configuration.get('run_id')} (git {configuration.get('git_revision')})"
 

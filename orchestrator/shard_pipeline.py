@@ -202,10 +202,8 @@ class ShardPipeline:
         if self.context.checkov_batcher is not None:
             self.context.checkov_batcher.enter()
         try:
-            with open(log_path, "a", encoding="utf-8") as self._log_handle:
-                directory = shard_directory(self.context.settings, self.shard)
-                with workspace_lock(directory, lambda: self._phase("waiting for another run of this shard"), self.context.registry.cancelled):
-                    self._run(prerequisites)
+            with self._log_and_directory():
+                self._run(prerequisites)
         except (Interrupted, WorkspaceWaitInterrupted) as error:
             self.result.status = INTERRUPTED
             self.result.error = str(error)
@@ -303,14 +301,20 @@ class ShardPipeline:
         return workspace
 
     @contextmanager
-    def session(self) -> Iterator[Workspace]:
-        """Open the log and the working directory (held against other runs) for a single-shard command."""
-        self.artefacts.mkdir(parents=True, exist_ok=True)
-        self.result.log_file = str(self.artefacts / "terraform.log")
+    def _log_and_directory(self) -> Iterator[None]:
+        """Open the shard's log and hold its working directory against other runs of this checkout."""
         with open(self.result.log_file, "a", encoding="utf-8") as self._log_handle:
             directory = shard_directory(self.context.settings, self.shard)
             with workspace_lock(directory, lambda: self._phase("waiting for another run of this shard"), self.context.registry.cancelled):
-                yield self.open_workspace()
+                yield
+
+    @contextmanager
+    def session(self) -> Iterator[Workspace]:
+        """Open the log and the working directory for a single-shard command; yield the prepared workspace."""
+        self.artefacts.mkdir(parents=True, exist_ok=True)
+        self.result.log_file = str(self.artefacts / "terraform.log")
+        with self._log_and_directory():
+            yield self.open_workspace()
 
     def _run(self, prerequisites: dict[str, Outcome]) -> None:
         context = self.context
@@ -372,13 +376,7 @@ class ShardPipeline:
         if not workspace.needs_init:
             return
         self._phase("init")
-        if self.context.toolchain.init_needs_lock:
-            # A shared plugin cache is not safe for parallel init, so init runs one at a time.
-            with self.context.init_lock:
-                result = self.runner.run(init_argv(self.context.toolchain.binary))
-        else:
-            result = self.runner.run(init_argv(self.context.toolchain.binary))
-        raise_for_failure(result, f"{self.shard.id}: terraform init")
+        self._init_in(self.runner, "terraform init")
         workspace.record_init()
 
     def _plan(self, workspace: Workspace) -> Path | None:
@@ -552,19 +550,22 @@ class ShardPipeline:
         if outcome.error and outcome.status == ROLLED_BACK and outcome.not_converged:
             # Judged by the plan made after the failure: fewer pending changes means part of it worked.
             outcome.status = PARTLY_ROLLED_BACK if len(outcome.not_converged) < len(outcome.planned) else ROLLBACK_FAILED
-        self.runner.results.extend(r for r in runner.results if r not in self.runner.results)
+        if runner is not self.runner:
+            self.runner.results.extend(runner.results)
         return outcome
 
     def _runner_in(self, directory: Path) -> Runner:
         return Runner(cwd=directory, environment=self.runner.environment, registry=self.context.registry, timeout_seconds=self.runner.timeout_seconds, log_line=self._log)
 
-    def _init_in(self, runner: Runner) -> None:
+    def _init_in(self, runner: Runner, what: str = "terraform init for the rollback") -> None:
+        """Run ``terraform init`` in ``runner``'s directory."""
         if self.context.toolchain.init_needs_lock:
+            # A shared plugin cache is not safe for parallel init, so init runs one at a time.
             with self.context.init_lock:
                 result = runner.run(init_argv(self.context.toolchain.binary))
         else:
             result = runner.run(init_argv(self.context.toolchain.binary))
-        raise_for_failure(result, f"{self.shard.id}: terraform init for the rollback")
+        raise_for_failure(result, f"{self.shard.id}: {what}")
 
     def converge(self, runner: Runner, destroy: bool = False, before_apply: Callable[[list[dict]], object] | None = None) -> tuple[list[dict], list[dict], str]:
         """Plan and apply in ``runner``'s directory; return planned changes, changes left, error.

@@ -171,7 +171,7 @@ def test_backup_contents(failed_apply, repo):
     assert {"main.tf", "variables.tf", f"repo/{POLICY_FILE}"} <= names
     assert values["iam_roles"]["probe-keep"]["description"] == "version one"
 
-    # The state a failed apply left was produced by the failed configuration, and its backup says so.
+    # The failed configuration produced the state a failed apply left, and its backup records that.
     after_failure = [b for b in backups if b["reason"] == "after-failed-apply"][-1]
     assert after_failure["configuration"]["failed_apply"] is True
     assert after_failure["configuration"]["values_sha256"] != configuration["values_sha256"]
@@ -276,7 +276,7 @@ def test_rollback_command_converges_to_a_chosen_backup(failed_apply, repo):
 
 
 # A rollback whose own apply fails: the wrapper refuses every apply in a rollback folder.
-ROLLBACK_REFUSING_TERRAFORM = """#!/bin/sh
+ROLLBACK_FAILING_TERRAFORM = """#!/bin/sh
 case "$(pwd)" in
   */.orchestrator/rollback/*)
     if [ "$1" = apply ]; then
@@ -295,7 +295,7 @@ def test_failed_rollback_lists_resources(repo, tmp_path):
     assert code == 0, output
 
     wrapper = tmp_path / "terraform"
-    wrapper.write_text(ROLLBACK_REFUSING_TERRAFORM.format(real=shutil.which("terraform")))
+    wrapper.write_text(ROLLBACK_FAILING_TERRAFORM.format(real=shutil.which("terraform")))
     wrapper.chmod(0o755)
     settings_file = repo / "orchestrator.toml"
     original_settings = settings_file.read_text()
